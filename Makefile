@@ -1,0 +1,53 @@
+# artifactapi build, run and test entry points.
+
+CARGO       ?= cargo
+WASM_TARGET := wasm32-wasip2
+PLUGINS     := alpine rpm
+WASM_OUT    := target/$(WASM_TARGET)/release
+PLUGIN_DIR  := target/plugins
+FIXTURE_DIR := target/test-plugins
+
+export ARTIFACTAPI_TEST_PLUGINS  := $(CURDIR)/$(PLUGIN_DIR)
+export ARTIFACTAPI_TEST_FIXTURES := $(CURDIR)/$(FIXTURE_DIR)
+
+.PHONY: build run test lint fixtures wasm-target bench clean
+
+## build: the server (target/release/artifactapi) and every plugin (target/plugins/*.wasm)
+build: wasm-target
+	$(CARGO) build --release -p artifactapi
+	$(CARGO) build --release --target $(WASM_TARGET) $(foreach p,$(PLUGINS),-p plugin-$(p))
+	@mkdir -p $(PLUGIN_DIR)
+	@for p in $(PLUGINS); do \
+		cp $(WASM_OUT)/plugin_$$p.wasm $(PLUGIN_DIR)/.$$p.wasm.tmp && \
+		mv $(PLUGIN_DIR)/.$$p.wasm.tmp $(PLUGIN_DIR)/$$p.wasm; \
+	done
+
+## run: serve remotes.yaml on the embedded defaults (local disk + SQLite under ./data)
+run: build
+	./target/release/artifactapi serve
+
+## test: lint, then every unit and end-to-end test
+test: build fixtures lint
+	$(CARGO) test --release --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+## fixtures: test plugins, the misbehaving one in two versions for the hot-reload test
+fixtures: wasm-target
+	@mkdir -p $(FIXTURE_DIR)
+	@for v in 1.0.0 2.0.0; do \
+		FIXTURE_VERSION=$$v $(CARGO) build --release --target $(WASM_TARGET) -p plugin-fixture-misbehave && \
+		cp $(WASM_OUT)/plugin_fixture_misbehave.wasm $(FIXTURE_DIR)/misbehave-$$v.wasm || exit 1; \
+	done
+
+wasm-target:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+## bench: plugin call overhead and cache-hit throughput next to nginx
+bench: build
+	./bench/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,98 @@
+//! Errors as clients see them: a status and a JSON body in one place.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered to a client as
+/// `{"errors":[{"status":404,"code":"NOT_FOUND","message":"…"}]}`.
+#[derive(Debug)]
+pub struct AppError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable machine-readable code.
+    pub code: &'static str,
+    /// What happened, for people.
+    pub message: String,
+    /// The methods to list in `Allow` (405 only).
+    pub allow: Option<&'static str>,
+}
+
+impl AppError {
+    /// An error with this status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AppError {
+        AppError {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
+
+    /// 405, listing the methods that are allowed.
+    pub fn method_not_allowed(allow: &'static str, message: impl Into<String>) -> AppError {
+        AppError {
+            allow: Some(allow),
+            ..AppError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                message,
+            )
+        }
+    }
+
+    /// 502: an upstream or a plugin failed.
+    pub fn bad_gateway(message: impl Into<String>) -> AppError {
+        AppError::new(StatusCode::BAD_GATEWAY, "BAD_GATEWAY", message)
+    }
+
+    /// 500: a failure of the server itself; the detail is logged, not sent.
+    pub fn internal(error: impl std::fmt::Display) -> AppError {
+        tracing::error!(error = %error, "internal error");
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error; see the server log",
+        )
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(error: anyhow::Error) -> AppError {
+        AppError::internal(format!("{error:#}"))
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "errors": [{
+                "status": self.status.as_u16(),
+                "code": self.code,
+                "message": self.message,
+            }]
+        });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(axum::http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}

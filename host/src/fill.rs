@@ -1,0 +1,324 @@
+//! Filling the cache from an upstream: one fetch per object however many
+//! clients ask at once, streamed to every client and to storage together.
+//!
+//! A fill runs as its own task, so a client that disconnects does not abort
+//! it. The body is written to a spool file as it arrives; every client (the
+//! one that started the fill and any that joined later) reads the spool from
+//! the start, waiting at its end for more. Only when the whole body arrived
+//! and its length and digest check out is it committed to storage and
+//! recorded; a body cut short is thrown away and every reader sees the error.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED};
+use tokio::sync::watch;
+
+use crate::storage::cas::{read_at, READ_CHUNK};
+use crate::storage::{Digest, ObjectRecord, Storage};
+use crate::util::now_secs;
+
+/// Why a fill produced no object.
+#[derive(Debug, Clone)]
+pub enum FillError {
+    /// The upstream answered with a status other than 200.
+    Status(u16),
+    /// The upstream could not be reached or did not answer in time.
+    Unreachable(String),
+    /// The body broke off, had the wrong length or digest, or could not be stored.
+    Broken(String),
+}
+
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillError::Status(status) => write!(f, "upstream answered {status}"),
+            FillError::Unreachable(e) => write!(f, "upstream unreachable: {e}"),
+            FillError::Broken(e) => write!(f, "upstream body failed: {e}"),
+        }
+    }
+}
+
+/// Where a fill is.
+#[derive(Debug, Clone)]
+pub enum FillState {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// The body is arriving; `written` bytes are readable in the spool.
+    Streaming {
+        /// Bytes readable so far.
+        written: u64,
+    },
+    /// The object is stored.
+    Done {
+        /// The stored record.
+        record: Box<ObjectRecord>,
+    },
+    /// No object will come of this fill.
+    Failed(FillError),
+}
+
+/// What the upstream said about the body.
+#[derive(Debug, Clone)]
+pub struct FillHead {
+    /// Content-Type, if sent.
+    pub content_type: Option<String>,
+    /// Content-Length, if sent.
+    pub content_length: Option<u64>,
+}
+
+/// One fill in flight.
+pub struct Fill {
+    state: watch::Sender<FillState>,
+    head: OnceLock<FillHead>,
+    spool: OnceLock<Arc<std::fs::File>>,
+}
+
+impl Fill {
+    /// Waits until the body starts arriving, or the fill ends.
+    pub async fn started(&self) -> FillState {
+        let mut rx = self.state.subscribe();
+        let state = rx
+            .wait_for(|s| !matches!(s, FillState::Connecting))
+            .await
+            .map(|s| s.clone());
+        state.unwrap_or_else(|_| FillState::Failed(FillError::Broken("fill task ended".into())))
+    }
+
+    /// Waits until the fill ends.
+    pub async fn finished(&self) -> Result<ObjectRecord, FillError> {
+        let mut rx = self.state.subscribe();
+        let state = rx
+            .wait_for(|s| matches!(s, FillState::Done { .. } | FillState::Failed(_)))
+            .await
+            .map(|s| s.clone());
+        match state {
+            Ok(FillState::Done { record }) => Ok(*record),
+            Ok(FillState::Failed(e)) => Err(e),
+            _ => Err(FillError::Broken("fill task ended".into())),
+        }
+    }
+
+    /// The upstream's headers, once streaming.
+    pub fn head(&self) -> Option<&FillHead> {
+        self.head.get()
+    }
+
+    /// The body from its first byte, following the fill as it grows. Ends
+    /// with an error if the fill fails, so the client sees a cut response
+    /// rather than a short one that looks complete.
+    pub fn body(self: &Arc<Self>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let rx = self.state.subscribe();
+        let file = self.spool.get().cloned();
+        futures::stream::try_unfold((rx, file, 0u64), |(mut rx, file, offset)| async move {
+            loop {
+                let state = rx.borrow_and_update().clone();
+                let (available, done) = match &state {
+                    FillState::Connecting => (0, false),
+                    FillState::Streaming { written } => (*written, false),
+                    FillState::Done { record } => (record.size, true),
+                    FillState::Failed(e) => return Err(io::Error::other(e.to_string())),
+                };
+                if offset < available {
+                    let Some(file) = file.clone() else {
+                        return Err(io::Error::other("fill has no spool"));
+                    };
+                    let len = (available - offset).min(READ_CHUNK as u64) as usize;
+                    let chunk = read_at(file.clone(), offset, len).await?;
+                    return Ok(Some((chunk, (rx, Some(file), offset + len as u64))));
+                }
+                if done {
+                    return Ok(None);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(io::Error::other("fill task ended"));
+                }
+            }
+        })
+    }
+}
+
+/// The fills in flight in this process, by key.
+#[derive(Default)]
+pub struct Fills {
+    inflight: Mutex<HashMap<String, Arc<Fill>>>,
+}
+
+/// Everything a fill needs to fetch and record one object.
+pub struct FillJob {
+    /// Storage to write to.
+    pub storage: Storage,
+    /// The upstream client.
+    pub client: reqwest::Client,
+    /// The upstream URL.
+    pub url: String,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    /// The record to write; digest, size, times and upstream validators
+    /// are filled in here.
+    pub record: ObjectRecord,
+    /// Seconds the object stays fresh once stored; None: forever.
+    pub ttl: Option<u64>,
+    /// A digest the body must have, when the path names one.
+    pub expected: Option<Digest>,
+}
+
+impl Fills {
+    /// Joins the fill for `key`, or starts `job` as a new one.
+    pub fn join_or_start(self: &Arc<Self>, key: String, job: FillJob) -> Arc<Fill> {
+        let mut inflight = self.inflight.lock().expect("fill table poisoned");
+        if let Some(fill) = inflight.get(&key) {
+            return fill.clone();
+        }
+        let fill = Arc::new(Fill {
+            state: watch::Sender::new(FillState::Connecting),
+            head: OnceLock::new(),
+            spool: OnceLock::new(),
+        });
+        inflight.insert(key.clone(), fill.clone());
+        drop(inflight);
+        let fills = self.clone();
+        let task_fill = fill.clone();
+        tokio::spawn(async move {
+            let outcome = run(&job, &task_fill).await;
+            match outcome {
+                Ok(record) => {
+                    task_fill.state.send_replace(FillState::Done {
+                        record: Box::new(record),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(url = %job.url, error = %e, "cache fill failed; nothing stored");
+                    task_fill.state.send_replace(FillState::Failed(e));
+                }
+            }
+            fills
+                .inflight
+                .lock()
+                .expect("fill table poisoned")
+                .remove(&key);
+        });
+        fill
+    }
+
+    /// Fills in flight now.
+    pub fn len(&self) -> usize {
+        self.inflight.lock().expect("fill table poisoned").len()
+    }
+
+    /// Whether no fill is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    headers.get(name)?.to_str().ok().map(str::to_string)
+}
+
+async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
+    let lock_key = format!("fill/{}/{}", job.record.repo, job.record.path);
+    let _lock = job
+        .storage
+        .locks
+        .lock(&lock_key, Duration::from_secs(600))
+        .await
+        .map_err(|e| FillError::Unreachable(format!("lock: {e:#}")))?;
+    let started = now_secs();
+    if let Ok(Some(record)) = job
+        .storage
+        .meta
+        .get(&job.record.repo, &job.record.path)
+        .await
+    {
+        if record.stored_at >= job.record.stored_at {
+            return Ok(record);
+        }
+    }
+    let mut request = job.client.get(&job.url);
+    for (name, value) in &job.headers {
+        request = request.header(name, value);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| FillError::Unreachable(e.to_string()))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(FillError::Status(status));
+    }
+    let headers = response.headers().clone();
+    let content_length = header_str(&headers, CONTENT_LENGTH).and_then(|v| v.parse().ok());
+    let _ = fill.head.set(FillHead {
+        content_type: header_str(&headers, CONTENT_TYPE),
+        content_length,
+    });
+    let mut spool = job
+        .storage
+        .cas
+        .spool()
+        .await
+        .map_err(|e| FillError::Broken(format!("spool: {e}")))?;
+    let _ = fill.spool.set(spool.file());
+    fill.state.send_replace(FillState::Streaming { written: 0 });
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| FillError::Broken(e.to_string()))?;
+        let grew = spool
+            .append(&chunk)
+            .await
+            .map_err(|e| FillError::Broken(format!("spool: {e}")))?;
+        if grew {
+            fill.state.send_replace(FillState::Streaming {
+                written: spool.written(),
+            });
+        }
+    }
+    let finished = spool
+        .finish()
+        .await
+        .map_err(|e| FillError::Broken(format!("spool: {e}")))?;
+    if let Some(expected) = content_length.filter(|len| *len != finished.size) {
+        return Err(FillError::Broken(format!(
+            "got {} of {expected} bytes",
+            finished.size
+        )));
+    }
+    if let Some(expected) = job.expected.as_ref().filter(|d| **d != finished.digest) {
+        return Err(FillError::Broken(format!(
+            "digest {} does not match {expected}",
+            finished.digest
+        )));
+    }
+    fill.state.send_replace(FillState::Streaming {
+        written: finished.size,
+    });
+    let size = finished.size;
+    let digest = job
+        .storage
+        .cas
+        .commit(finished)
+        .await
+        .map_err(|e| FillError::Broken(format!("commit: {e:#}")))?;
+    let record = ObjectRecord {
+        digest: digest.hex(),
+        size,
+        content_type: header_str(&headers, CONTENT_TYPE)
+            .unwrap_or_else(|| job.record.content_type.clone()),
+        stored_at: started,
+        expires_at: job.ttl.map(|ttl| started + ttl as i64),
+        upstream_etag: header_str(&headers, ETAG),
+        upstream_last_modified: header_str(&headers, LAST_MODIFIED),
+        ..job.record.clone()
+    };
+    job.storage
+        .meta
+        .put(&record)
+        .await
+        .map_err(|e| FillError::Broken(format!("metadata: {e:#}")))?;
+    Ok(record)
+}

@@ -1,0 +1,12 @@
+//! artifactapi: a caching proxy and package repository server whose
+//! package-format knowledge lives in WebAssembly component plugins.
+
+pub mod artifacts;
+pub mod config;
+pub mod error;
+pub mod fill;
+pub mod plugins;
+pub mod server;
+pub mod storage;
+pub mod util;
+pub mod watch;

@@ -1,0 +1,134 @@
+//! The `artifactapi` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use artifactapi::plugins::Limits;
+use artifactapi::server::{app, start, ServeOptions};
+
+/// A caching proxy and package repository server with WebAssembly format plugins.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, env = "ARTIFACTAPI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the repositories of a remotes.yaml (log level: RUST_LOG, default info).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The repositories file; reloaded when it changes.
+    #[arg(long, env = "ARTIFACTAPI_CONFIG", default_value = "remotes.yaml")]
+    config: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "ARTIFACTAPI_LISTEN", default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Folder for blobs and the metadata database.
+    #[arg(long, env = "ARTIFACTAPI_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// Folder of plugin components (*.wasm); watched for changes.
+    #[arg(long, env = "ARTIFACTAPI_PLUGINS", default_value = "target/plugins")]
+    plugins: PathBuf,
+    /// Wall-clock limit of one plugin call, in milliseconds.
+    #[arg(long, env = "ARTIFACTAPI_PLUGIN_TIMEOUT_MS", default_value_t = 5000)]
+    plugin_timeout_ms: u64,
+    /// Memory limit of one plugin instance, in MiB.
+    #[arg(long, env = "ARTIFACTAPI_PLUGIN_MEMORY_MB", default_value_t = 512)]
+    plugin_memory_mb: usize,
+    /// Largest index document handed to a plugin, in MiB.
+    #[arg(long, env = "ARTIFACTAPI_INDEX_MAX_MB", default_value_t = 128)]
+    index_max_mb: u64,
+    /// Plugin instances that may run at once.
+    #[arg(long, env = "ARTIFACTAPI_PLUGIN_INSTANCES", default_value_t = 64)]
+    plugin_instances: u32,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let options = ServeOptions {
+        config: args.config,
+        data: args.data,
+        plugins: args.plugins,
+        limits: Limits {
+            deadline: Duration::from_millis(args.plugin_timeout_ms),
+            memory: args.plugin_memory_mb << 20,
+            index_size: args.index_max_mb << 20,
+            instances: args.plugin_instances,
+        },
+    };
+    let running = start(&options).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %args.listen,
+            "no auth section in the configuration: anyone who can reach this address can upload and delete"
+        );
+    }
+    tracing::info!(
+        listen = %args.listen,
+        config = %options.config.display(),
+        data = %options.data.display(),
+        plugins = %options.plugins.display(),
+        "artifactapi serving"
+    );
+    axum::serve(listener, app(running.app.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+    }
+}

@@ -1,0 +1,332 @@
+//! The host interfaces plugins import: log, cache, cas, metadata, upstream.
+//! Each call is scoped to the repository it is made for; a plugin reaches
+//! nothing beyond that scope.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::bindings::artifactapi::plugin::{
+    cache, cas, log, metadata, store_types, types, upstream,
+};
+use super::runtime::HostState;
+use crate::storage::{Digest, Storage};
+
+/// Largest value a plugin may keep in the cache.
+const CACHE_VALUE_LIMIT: u64 = 1 << 20;
+/// Longest a plugin cache entry may live.
+const CACHE_TTL_LIMIT: u32 = 86_400;
+/// Longest an upstream request from a plugin may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one plugin call may touch.
+pub struct CallScope {
+    /// The plugin's name, for logs and the cache namespace.
+    pub plugin: String,
+    /// The repository the call is for; empty for `describe`.
+    pub repo: String,
+    /// Storage and HTTP; None while a plugin is being checked.
+    pub services: Option<(Storage, reqwest::Client)>,
+    /// Origins the upstream import may reach.
+    pub origins: Vec<String>,
+    /// Repositories the metadata import may read.
+    pub repos: Vec<String>,
+    /// Largest document through cas and upstream, in bytes.
+    pub cap: u64,
+}
+
+impl CallScope {
+    /// A scope with no services: imports answer `unavailable`.
+    pub fn bare() -> CallScope {
+        CallScope {
+            plugin: String::new(),
+            repo: String::new(),
+            services: None,
+            origins: Vec::new(),
+            repos: Vec::new(),
+            cap: 0,
+        }
+    }
+
+    fn storage(&self) -> Result<&Storage, store_types::StoreError> {
+        self.services
+            .as_ref()
+            .map(|(storage, _)| storage)
+            .ok_or_else(|| store_types::StoreError::Unavailable("no storage while loading".into()))
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> store_types::StoreError {
+    store_types::StoreError::Unavailable(e.to_string())
+}
+
+impl types::Host for HostState {}
+impl store_types::Host for HostState {}
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let plugin = &self.scope.plugin;
+        let repo = &self.scope.repo;
+        match level {
+            log::Level::Trace => tracing::trace!(plugin, repo, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin, repo, "{message}"),
+            log::Level::Info => tracing::info!(plugin, repo, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin, repo, "{message}"),
+            log::Level::Error => tracing::error!(plugin, repo, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl HostState {
+    fn cache_key(&self, key: &str) -> Result<String, store_types::StoreError> {
+        if key.is_empty() || key.len() > 512 {
+            return Err(store_types::StoreError::Invalid(
+                "keys are 1 to 512 bytes".into(),
+            ));
+        }
+        Ok(format!("plugin/{}/{}", self.scope.plugin, key))
+    }
+}
+
+impl cache::Host for HostState {
+    async fn get(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store_types::StoreError>> {
+        let key = match self.cache_key(&key) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
+        };
+        let storage = match self.scope.storage() {
+            Ok(storage) => storage,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(storage
+            .cache
+            .get(&key)
+            .await
+            .map(|v| v.map(|b| b.to_vec()))
+            .map_err(unavailable))
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_seconds: u32,
+    ) -> wasmtime::Result<Result<(), store_types::StoreError>> {
+        if value.len() as u64 > CACHE_VALUE_LIMIT {
+            return Ok(Err(store_types::StoreError::TooLarge(CACHE_VALUE_LIMIT)));
+        }
+        let key = match self.cache_key(&key) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
+        };
+        let storage = match self.scope.storage() {
+            Ok(storage) => storage,
+            Err(e) => return Ok(Err(e)),
+        };
+        let ttl = Duration::from_secs(ttl_seconds.clamp(1, CACHE_TTL_LIMIT).into());
+        Ok(storage
+            .cache
+            .set(&key, Bytes::from(value), ttl)
+            .await
+            .map_err(unavailable))
+    }
+
+    async fn delete(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<(), store_types::StoreError>> {
+        let key = match self.cache_key(&key) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
+        };
+        let storage = match self.scope.storage() {
+            Ok(storage) => storage,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(storage.cache.delete(&key).await.map_err(unavailable))
+    }
+}
+
+impl cas::Host for HostState {
+    async fn read(
+        &mut self,
+        digest: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store_types::StoreError>> {
+        let Some(digest) = Digest::parse(&digest) else {
+            return Ok(Err(store_types::StoreError::Invalid(format!(
+                "not a sha256 digest: {digest:?}"
+            ))));
+        };
+        let cap = self.scope.cap;
+        let storage = match self.scope.storage() {
+            Ok(storage) => storage,
+            Err(e) => return Ok(Err(e)),
+        };
+        match storage.cas.size(&digest).await {
+            Ok(Some(size)) if size > cap => {
+                return Ok(Err(store_types::StoreError::TooLarge(cap)));
+            }
+            Ok(_) => {}
+            Err(e) => return Ok(Err(unavailable(e))),
+        }
+        Ok(storage
+            .cas
+            .read_capped(&digest, cap)
+            .await
+            .map(|v| v.map(|b| b.to_vec()))
+            .map_err(unavailable))
+    }
+
+    async fn write(
+        &mut self,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<String, store_types::StoreError>> {
+        let cap = self.scope.cap;
+        if data.len() as u64 > cap {
+            return Ok(Err(store_types::StoreError::TooLarge(cap)));
+        }
+        let storage = match self.scope.storage() {
+            Ok(storage) => storage,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(storage
+            .cas
+            .put_bytes(Bytes::from(data))
+            .await
+            .map(|d| d.to_string())
+            .map_err(unavailable))
+    }
+}
+
+impl metadata::Host for HostState {
+    async fn lookup(
+        &mut self,
+        repo: String,
+        path: String,
+    ) -> wasmtime::Result<Result<Option<metadata::ObjectInfo>, store_types::StoreError>> {
+        if !self.scope.repos.contains(&repo) {
+            return Ok(Err(store_types::StoreError::Invalid(format!(
+                "repository {repo:?} is outside this call's scope"
+            ))));
+        }
+        let storage = match self.scope.storage() {
+            Ok(storage) => storage,
+            Err(e) => return Ok(Err(e)),
+        };
+        let record = match storage.meta.get(&repo, &path).await {
+            Ok(record) => record,
+            Err(e) => return Ok(Err(unavailable(e))),
+        };
+        Ok(Ok(record.map(|r| metadata::ObjectInfo {
+            path: r.path,
+            digest: format!("sha256:{}", r.digest),
+            size: r.size,
+            content_type: r.content_type,
+            stored_at: r.stored_at.max(0) as u64,
+            expires_at: r.expires_at.map(|t| t.max(0) as u64),
+        })))
+    }
+}
+
+impl upstream::Host for HostState {
+    async fn fetch(
+        &mut self,
+        request: upstream::Request,
+    ) -> wasmtime::Result<Result<upstream::Response, upstream::FetchError>> {
+        let client = self
+            .scope
+            .services
+            .as_ref()
+            .map(|(_, client)| client.clone());
+        let origins = self.scope.origins.clone();
+        let repo = self.scope.repo.clone();
+        let cap = self.scope.cap;
+        Ok(fetch_checked(client, &origins, &repo, cap, request).await)
+    }
+}
+
+/// Sends a plugin's upstream request if its origin is one of `origins`.
+async fn fetch_checked(
+    client: Option<reqwest::Client>,
+    origins: &[String],
+    repo: &str,
+    cap: u64,
+    request: upstream::Request,
+) -> Result<upstream::Response, upstream::FetchError> {
+    {
+        use upstream::FetchError;
+        let method = match request.method.as_str() {
+            "GET" => reqwest::Method::GET,
+            "HEAD" => reqwest::Method::HEAD,
+            other => {
+                return Err(FetchError::InvalidRequest(format!(
+                    "method {other} is not allowed"
+                )))
+            }
+        };
+        let Some(origin) = crate::config::origin_of(&request.url) else {
+            return Err(FetchError::InvalidRequest(format!(
+                "not an http(s) URL: {:?}",
+                request.url
+            )));
+        };
+        if !origins.contains(&origin) {
+            return Err(FetchError::Forbidden(format!(
+                "{origin} is not an upstream of repository {repo}"
+            )));
+        }
+        let Some(client) = client else {
+            return Err(FetchError::Unreachable("no network while loading".into()));
+        };
+        let mut builder = client.request(method, &request.url).timeout(FETCH_TIMEOUT);
+        for header in &request.headers {
+            builder = builder.header(&header.name, &header.value);
+        }
+        let response = builder.send().await.map_err(|e| {
+            if e.is_timeout() {
+                FetchError::Timeout
+            } else {
+                FetchError::Unreachable(e.to_string())
+            }
+        })?;
+        if response.content_length().is_some_and(|len| len > cap) {
+            return Err(FetchError::TooLarge(cap));
+        }
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| {
+                Some(types::Header {
+                    name: name.as_str().to_string(),
+                    value: value.to_str().ok()?.to_string(),
+                })
+            })
+            .collect();
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                if e.is_timeout() {
+                    FetchError::Timeout
+                } else {
+                    FetchError::Unreachable(e.to_string())
+                }
+            })?;
+            if body.len() as u64 + chunk.len() as u64 > cap {
+                return Err(FetchError::TooLarge(cap));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(upstream::Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! The HTTP application: shared state, routes and the management endpoints.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::error::AppError;
+use crate::fill::Fills;
+use crate::plugins::Plugins;
+use crate::storage::Storage;
+
+/// Everything a request may need.
+pub struct App {
+    /// The configuration serving now.
+    pub config: ArcSwap<Config>,
+    /// Where the configuration is read from, for reloads.
+    pub config_path: Option<PathBuf>,
+    /// Why the last reload of the configuration was refused, if it was.
+    pub config_error: ArcSwap<Option<String>>,
+    /// Blobs, metadata, cache and locks.
+    pub storage: Storage,
+    /// The loaded format plugins.
+    pub plugins: Arc<Plugins>,
+    /// The client for upstreams.
+    pub http: reqwest::Client,
+    /// Cache fills in flight.
+    pub fills: Arc<Fills>,
+    /// When the server started.
+    pub started: SystemTime,
+}
+
+impl App {
+    /// Reads the configuration file again; an invalid file is refused and
+    /// the current configuration keeps serving.
+    pub fn reload_config(&self) -> Result<(), String> {
+        let Some(path) = &self.config_path else {
+            return Ok(());
+        };
+        match Config::load(path) {
+            Ok(config) => {
+                tracing::info!(
+                    file = %path.display(),
+                    repositories = config.repos.len(),
+                    "configuration reloaded"
+                );
+                self.config.store(Arc::new(config));
+                self.config_error.store(Arc::new(None));
+                Ok(())
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, "configuration refused; the previous one keeps serving");
+                self.config_error.store(Arc::new(Some(message.clone())));
+                Err(message)
+            }
+        }
+    }
+}
+
+/// The upstream HTTP client: the platform's trust store (honouring
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`), `HTTPS_PROXY`/`NO_PROXY` from the
+/// environment, and timeouts that bound silence rather than transfer length.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .user_agent(concat!("artifactapi/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+/// The router, without a socket, so tests can drive it directly.
+pub fn app(state: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/health", get(health))
+        .route("/config", get(config))
+        .route("/api/v2/plugins", get(plugins))
+        .route("/api/v1/remote/{*rest}", any(artifact))
+        .route("/api/v1/virtual/{*rest}", any(artifact))
+        .fallback(not_found)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn artifact(State(app): State<Arc<App>>, request: Request) -> Response {
+    match crate::artifacts::handle(app, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn not_found(request: Request) -> AppError {
+    AppError::not_found(format!("no route for {}", request.uri().path()))
+}
+
+async fn root(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let config = app.config.load();
+    let repositories: Vec<_> = config
+        .repos
+        .values()
+        .map(|repo| {
+            json!({
+                "name": repo.name,
+                "type": repo.kind().as_str(),
+                "package": repo.package(),
+                "description": repo.entry.description,
+                "url": format!("/api/v1/remote/{}/", repo.name),
+            })
+        })
+        .collect();
+    Json(json!({
+        "name": "artifactapi",
+        "version": env!("CARGO_PKG_VERSION"),
+        "repositories": repositories,
+        "endpoints": {
+            "artifacts": "/api/v1/remote/{repo}/{path}",
+            "health": "/health",
+            "config": "/config",
+            "plugins": "/api/v2/plugins",
+        },
+    }))
+}
+
+async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let plugins = app.plugins.status();
+    let config_error = app.config_error.load();
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": app.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        "repositories": app.config.load().repos.len(),
+        "plugins": plugins.iter().filter(|p| p.active).count(),
+        "plugin_errors": plugins.iter().filter(|p| p.last_error.is_some()).count(),
+        "config_error": config_error.as_ref(),
+        "fills_in_flight": app.fills.len(),
+    }))
+}
+
+async fn config(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(app.config.load().redacted())
+}
+
+async fn plugins(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "directory": app.plugins.dir().display().to_string(),
+        "wit_versions": crate::plugins::runtime::WIT_VERSIONS,
+        "plugins": app.plugins.status(),
+    }))
+}
+
+/// How to run a server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// remotes.yaml.
+    pub config: PathBuf,
+    /// Blobs and the SQLite database.
+    pub data: PathBuf,
+    /// The plugins folder.
+    pub plugins: PathBuf,
+    /// Limits on plugin calls.
+    pub limits: crate::plugins::Limits,
+}
+
+/// A running application with its file watches.
+pub struct Running {
+    /// The application state.
+    pub app: Arc<App>,
+    _watchers: Vec<notify::RecommendedWatcher>,
+}
+
+/// Opens storage, loads the configuration and the plugins, and starts
+/// watching both for changes.
+pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
+    let config = Config::load(&options.config)?;
+    let storage = Storage::embedded(&options.data).await?;
+    let runtime =
+        crate::plugins::Runtime::new(&options.data.join("plugin-cache"), options.limits.clone())?;
+    let plugins = Arc::new(Plugins::new(runtime, &options.plugins)?);
+    plugins.reload().await;
+    let app = Arc::new(App {
+        config: ArcSwap::from_pointee(config),
+        config_path: Some(options.config.clone()),
+        config_error: ArcSwap::from_pointee(None),
+        storage,
+        plugins: plugins.clone(),
+        http: http_client()?,
+        fills: Arc::new(Fills::default()),
+        started: SystemTime::now(),
+    });
+    let plugin_watch = crate::watch::watch(
+        &options.plugins,
+        |p| p.extension().is_some_and(|e| e == "wasm"),
+        move || {
+            let plugins = plugins.clone();
+            async move { plugins.reload().await }
+        },
+    )?;
+    let config_dir = options
+        .config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let reload_app = app.clone();
+    let config_watch = crate::watch::watch(
+        &config_dir,
+        crate::watch::file_named(&options.config),
+        move || {
+            let app = reload_app.clone();
+            async move {
+                let _ = app.reload_config();
+            }
+        },
+    )?;
+    Ok(Running {
+        app,
+        _watchers: vec![plugin_watch, config_watch],
+    })
+}

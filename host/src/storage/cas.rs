@@ -1,0 +1,449 @@
+//! Content-addressable storage over `object_store`.
+//!
+//! Objects live under `blobs/sha256/<2 hex>/<64 hex>`. Every write first lands
+//! in a spool file on local disk while its digest is computed; only a verified
+//! spool is committed, so a crash or a cut stream never leaves a visible
+//! partial object. With the local filesystem backend the spool directory lies
+//! inside the store and the commit is a rename; with a remote backend the
+//! spool is uploaded and then removed.
+
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, WriteMultipart};
+use sha2::{Digest as _, Sha256};
+
+/// Bytes read from disk per step when streaming a file.
+pub const READ_CHUNK: usize = 256 * 1024;
+/// Bytes gathered from a stream before they are written to a spool.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// A sha256 content digest.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// Parses `sha256:<hex>` or bare hex.
+    pub fn parse(text: &str) -> Option<Digest> {
+        let hex_part = text.strip_prefix("sha256:").unwrap_or(text);
+        if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut bytes).ok()?;
+        Some(Digest(bytes))
+    }
+
+    /// The digest of a byte slice.
+    pub fn of(data: &[u8]) -> Digest {
+        Digest(Sha256::digest(data).into())
+    }
+
+    /// Lower-case hex.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn key(&self) -> StorePath {
+        let hex = self.hex();
+        StorePath::from(format!("blobs/sha256/{}/{}", &hex[..2], hex))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A stored object's bytes: a local file read in large steps, or a stream.
+pub enum BlobBody {
+    /// A file on local disk and the byte range to send.
+    File(Arc<std::fs::File>, Range<u64>),
+    /// A stream from a remote backend.
+    Stream(BoxStream<'static, io::Result<Bytes>>),
+}
+
+impl BlobBody {
+    /// The body as a stream of chunks.
+    pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
+        match self {
+            BlobBody::File(file, range) => file_stream(file, range).boxed(),
+            BlobBody::Stream(stream) => stream,
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` off the async workers.
+pub async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = BytesMut::zeroed(len);
+        let mut filled = 0;
+        while filled < len {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stored object is shorter than recorded",
+            ));
+        }
+        buf.truncate(filled);
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// Streams a byte range of a file in `READ_CHUNK` steps.
+pub fn file_stream(
+    file: Arc<std::fs::File>,
+    range: Range<u64>,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures::stream::try_unfold(range.start, move |offset| {
+        let file = file.clone();
+        let end = range.end;
+        async move {
+            if offset >= end {
+                return Ok(None);
+            }
+            let len = (end - offset).min(READ_CHUNK as u64) as usize;
+            let chunk = read_at(file, offset, len).await?;
+            Ok(Some((chunk, offset + len as u64)))
+        }
+    })
+}
+
+/// Where spool files go and how they are committed.
+enum Staging {
+    /// The spool directory is `staging/` inside a local store: commit renames.
+    InStore,
+    /// The spool directory is a local folder outside the store: commit uploads.
+    Upload,
+}
+
+/// The content-addressable store.
+pub struct Cas {
+    store: Arc<dyn ObjectStore>,
+    spool_dir: PathBuf,
+    staging: Staging,
+}
+
+/// A spool file being written: bytes are hashed and written at once.
+pub struct Spool {
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    hasher: Option<Sha256>,
+    pending: BytesMut,
+    written: u64,
+}
+
+impl Spool {
+    /// The spool's open file, for readers that follow the writer.
+    pub fn file(&self) -> Arc<std::fs::File> {
+        self.file.clone()
+    }
+
+    /// Bytes written to disk so far (readable by followers).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends bytes; they reach the disk in large steps. Returns true when
+    /// the bytes written to disk grew.
+    pub async fn append(&mut self, data: &[u8]) -> io::Result<bool> {
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= WRITE_CHUNK {
+            self.flush().await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Writes whatever is pending.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.pending.split().freeze();
+        let len = chunk.len() as u64;
+        let file = self.file.clone();
+        let mut hasher = self.hasher.take().expect("spool used after failure");
+        let offset = self.written;
+        let hasher = tokio::task::spawn_blocking(move || {
+            file.write_all_at(&chunk, offset)?;
+            hasher.update(&chunk);
+            Ok::<_, io::Error>(hasher)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.hasher = Some(hasher);
+        self.written += len;
+        Ok(())
+    }
+
+    /// Flushes and returns the digest and size of everything written.
+    pub async fn finish(mut self) -> io::Result<Finished> {
+        self.flush().await?;
+        let digest = Digest(
+            self.hasher
+                .take()
+                .expect("spool finished twice")
+                .finalize()
+                .into(),
+        );
+        Ok(Finished {
+            path: std::mem::take(&mut self.path),
+            digest,
+            size: self.written,
+        })
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A complete spool awaiting commit.
+pub struct Finished {
+    path: PathBuf,
+    /// The content digest.
+    pub digest: Digest,
+    /// The content length.
+    pub size: u64,
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Cas {
+    /// A store on the local filesystem under `dir`.
+    pub fn local(dir: &Path) -> anyhow::Result<Cas> {
+        std::fs::create_dir_all(dir.join("staging"))?;
+        let store = LocalFileSystem::new_with_prefix(dir)?;
+        Ok(Cas {
+            store: Arc::new(store),
+            spool_dir: dir.join("staging"),
+            staging: Staging::InStore,
+        })
+    }
+
+    /// A store on any `object_store` backend, spooling under `spool_dir`.
+    pub fn remote(store: Arc<dyn ObjectStore>, spool_dir: &Path) -> anyhow::Result<Cas> {
+        std::fs::create_dir_all(spool_dir)?;
+        Ok(Cas {
+            store,
+            spool_dir: spool_dir.to_path_buf(),
+            staging: Staging::Upload,
+        })
+    }
+
+    /// Opens a new spool file.
+    pub async fn spool(&self) -> io::Result<Spool> {
+        let name = uuid::Uuid::new_v4().to_string();
+        let path = self.spool_dir.join(name);
+        let open_path = path.clone();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(open_path)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(Spool {
+            file: Arc::new(file),
+            path,
+            hasher: Some(Sha256::new()),
+            pending: BytesMut::with_capacity(WRITE_CHUNK),
+            written: 0,
+        })
+    }
+
+    /// Stores a verified spool under its digest; storing content that is
+    /// already present keeps the existing object.
+    pub async fn commit(&self, mut finished: Finished) -> anyhow::Result<Digest> {
+        let key = finished.digest.key();
+        let digest = finished.digest.clone();
+        if self.store.head(&key).await.is_ok() {
+            return Ok(digest);
+        }
+        let path = std::mem::take(&mut finished.path);
+        match self.staging {
+            Staging::InStore => {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| anyhow::anyhow!("bad spool name"))?;
+                let from = StorePath::from(format!("staging/{name}"));
+                if let Err(e) = self.store.rename(&from, &key).await {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(e.into());
+                }
+            }
+            Staging::Upload => {
+                let result = self.upload(&path, &key).await;
+                let _ = tokio::fs::remove_file(&path).await;
+                result?;
+            }
+        }
+        Ok(digest)
+    }
+
+    async fn upload(&self, path: &Path, key: &StorePath) -> anyhow::Result<()> {
+        let file = Arc::new(std::fs::File::open(path)?);
+        let len = file.metadata()?.len();
+        let upload = self.store.put_multipart(key).await?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut chunks = file_stream(file, 0..len).boxed();
+        while let Some(chunk) = chunks.next().await {
+            writer.wait_for_capacity(4).await?;
+            writer.put(chunk?);
+        }
+        writer.finish().await?;
+        Ok(())
+    }
+
+    /// Stores a small object held in memory.
+    pub async fn put_bytes(&self, data: Bytes) -> anyhow::Result<Digest> {
+        let digest = Digest::of(&data);
+        self.store.put(&digest.key(), data.into()).await?;
+        Ok(digest)
+    }
+
+    /// The size of a stored object, or None when absent.
+    pub async fn size(&self, digest: &Digest) -> anyhow::Result<Option<u64>> {
+        match self.store.head(&digest.key()).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens a stored object, or a range of it; None when absent.
+    pub async fn open(
+        &self,
+        digest: &Digest,
+        range: Option<Range<u64>>,
+    ) -> anyhow::Result<Option<BlobBody>> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = match self.store.get_opts(&digest.key(), options).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let range = result.range.clone();
+        Ok(Some(match result.payload {
+            GetResultPayload::File(file, _) => BlobBody::File(Arc::new(file), range),
+            GetResultPayload::Stream(stream) => {
+                BlobBody::Stream(stream.map(|r| r.map_err(io::Error::other)).boxed())
+            }
+        }))
+    }
+
+    /// Reads a whole object into memory, refusing objects over `cap` bytes.
+    pub async fn read_capped(&self, digest: &Digest, cap: u64) -> anyhow::Result<Option<Bytes>> {
+        let Some(size) = self.size(digest).await? else {
+            return Ok(None);
+        };
+        if size > cap {
+            anyhow::bail!("object of {size} bytes is over the {cap} byte limit");
+        }
+        let Some(body) = self.open(digest, None).await? else {
+            return Ok(None);
+        };
+        let mut out = BytesMut::with_capacity(size as usize);
+        let mut stream = body.into_stream();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(Some(out.freeze()))
+    }
+
+    /// Removes a stored object.
+    pub async fn delete(&self, digest: &Digest) -> anyhow::Result<()> {
+        match self.store.delete(&digest.key()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spool_commit_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::local(dir.path()).unwrap();
+        let mut spool = cas.spool().await.unwrap();
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        for part in data.chunks(10_000) {
+            spool.append(part).await.unwrap();
+        }
+        let finished = spool.finish().await.unwrap();
+        assert_eq!(finished.size, data.len() as u64);
+        assert_eq!(finished.digest, Digest::of(&data));
+        let digest = cas.commit(finished).await.unwrap();
+        let back = cas.read_capped(&digest, u64::MAX).await.unwrap().unwrap();
+        assert_eq!(&back[..], &data[..]);
+        let staged = std::fs::read_dir(dir.path().join("staging"))
+            .unwrap()
+            .count();
+        assert_eq!(staged, 0, "the spool is gone after commit");
+    }
+
+    #[tokio::test]
+    async fn dropped_spool_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas = Cas::local(dir.path()).unwrap();
+        let mut spool = cas.spool().await.unwrap();
+        spool.append(&[1u8; 300_000]).await.unwrap();
+        drop(spool);
+        let staged = std::fs::read_dir(dir.path().join("staging"))
+            .unwrap()
+            .count();
+        assert_eq!(staged, 0);
+    }
+
+    #[test]
+    fn digest_parsing() {
+        let d = Digest::of(b"abc");
+        assert_eq!(Digest::parse(&d.to_string()), Some(d.clone()));
+        assert_eq!(Digest::parse(&d.hex().to_uppercase()), Some(d));
+        assert_eq!(Digest::parse("sha256:xyz"), None);
+    }
+}

@@ -1,0 +1,38 @@
+//! Everything that keeps state, each behind a seam with an embedded default.
+
+pub mod cas;
+pub mod kv;
+pub mod meta;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use cas::{Cas, Digest};
+pub use kv::{Locks, MemoryCache, MemoryLocks, TtlCache};
+pub use meta::{MetaStore, ObjectRecord, Origin, SqliteMeta};
+
+/// The storage a server runs on.
+#[derive(Clone)]
+pub struct Storage {
+    /// Blob bytes by digest.
+    pub cas: Arc<Cas>,
+    /// What each repository holds.
+    pub meta: Arc<dyn MetaStore>,
+    /// Short-lived keys (plugin cache, tokens).
+    pub cache: Arc<dyn TtlCache>,
+    /// Named locks (one upstream fetch per object).
+    pub locks: Arc<dyn Locks>,
+}
+
+impl Storage {
+    /// The embedded defaults under `data_dir`: local files, SQLite, memory.
+    pub async fn embedded(data_dir: &Path) -> anyhow::Result<Storage> {
+        std::fs::create_dir_all(data_dir)?;
+        Ok(Storage {
+            cas: Arc::new(Cas::local(&data_dir.join("cas"))?),
+            meta: Arc::new(SqliteMeta::open(&data_dir.join("metadata.db")).await?),
+            cache: Arc::new(MemoryCache::new(64 << 20)),
+            locks: Arc::new(MemoryLocks::default()),
+        })
+    }
+}
