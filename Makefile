@@ -3,7 +3,7 @@
 CARGO       ?= cargo
 WASM_TARGET := wasm32-wasip2
 PLUGINS     := alpine rpm
-WASM_OUT    := target/$(WASM_TARGET)/release
+WASM_OUT    := target/$(WASM_TARGET)/plugin
 PLUGIN_DIR  := target/plugins
 FIXTURE_DIR := target/test-plugins
 
@@ -15,7 +15,7 @@ export ARTIFACTAPI_TEST_FIXTURES := $(CURDIR)/$(FIXTURE_DIR)
 ## build: the server (target/release/artifactapi) and every plugin (target/plugins/*.wasm)
 build: wasm-target
 	$(CARGO) build --release -p artifactapi
-	$(CARGO) build --release --target $(WASM_TARGET) $(foreach p,$(PLUGINS),-p plugin-$(p))
+	$(CARGO) build --profile plugin --target $(WASM_TARGET) $(foreach p,$(PLUGINS),-p plugin-$(p))
 	@mkdir -p $(PLUGIN_DIR)
 	@for p in $(PLUGINS); do \
 		cp $(WASM_OUT)/plugin_$$p.wasm $(PLUGIN_DIR)/.$$p.wasm.tmp && \
@@ -38,7 +38,7 @@ lint:
 fixtures: wasm-target
 	@mkdir -p $(FIXTURE_DIR)
 	@for v in 1.0.0 2.0.0; do \
-		FIXTURE_VERSION=$$v $(CARGO) build --release --target $(WASM_TARGET) -p plugin-fixture-misbehave && \
+		FIXTURE_VERSION=$$v $(CARGO) build --profile plugin --target $(WASM_TARGET) -p plugin-fixture-misbehave && \
 		cp $(WASM_OUT)/plugin_fixture_misbehave.wasm $(FIXTURE_DIR)/misbehave-$$v.wasm || exit 1; \
 	done
 

@@ -248,6 +248,11 @@ fn plugin_error(plugin: &LoadedPlugin, error: PluginError) -> AppError {
             "UNSUPPORTED",
             format!("plugin {name}: {m}"),
         ),
+        PluginError::UpstreamFailed(m) => AppError::new(
+            StatusCode::BAD_GATEWAY,
+            "UPSTREAM_ERROR",
+            format!("plugin {name}: {m}"),
+        ),
     }
 }
 

@@ -110,16 +110,22 @@ impl Fill {
 
     /// The body from its first byte, following the fill as it grows. Ends
     /// with an error if the fill fails, so the client sees a cut response
-    /// rather than a short one that looks complete.
+    /// rather than a short one that looks complete. The last byte is held
+    /// back until the object is stored, so a client that has the whole body
+    /// finds the object in the cache on its next request.
     pub fn body(self: &Arc<Self>) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         let rx = self.state.subscribe();
         let file = self.spool.get().cloned();
-        futures::stream::try_unfold((rx, file, 0u64), |(mut rx, file, offset)| async move {
+        let hold_back = self
+            .head()
+            .and_then(|h| h.content_length)
+            .map_or(u64::MAX, |len| len.saturating_sub(1));
+        futures::stream::try_unfold((rx, file, 0u64), move |(mut rx, file, offset)| async move {
             loop {
                 let state = rx.borrow_and_update().clone();
                 let (available, done) = match &state {
                     FillState::Connecting => (0, false),
-                    FillState::Streaming { written } => (*written, false),
+                    FillState::Streaming { written } => ((*written).min(hold_back), false),
                     FillState::Done { record } => (record.size, true),
                     FillState::Failed(e) => return Err(io::Error::other(e.to_string())),
                 };
@@ -294,9 +300,6 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
             finished.digest
         )));
     }
-    fill.state.send_replace(FillState::Streaming {
-        written: finished.size,
-    });
     let size = finished.size;
     let digest = job
         .storage

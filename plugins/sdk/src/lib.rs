@@ -6,26 +6,35 @@
 //! ```ignore
 //! struct MyPlugin;
 //! impl artifactapi_plugin_sdk::format::Guest for MyPlugin { /* ... */ }
+//! #[cfg(target_arch = "wasm32")]
 //! artifactapi_plugin_sdk::export_plugin!(MyPlugin);
 //! ```
 //!
-//! The bindings also compile for native targets, where calling an import
-//! panics, so a plugin's pure logic can be unit-tested with `cargo test`.
+//! The `cfg` keeps the component exports out of native builds: their symbol
+//! names (`artifactapi:plugin/format@0.1.0#classify`) cannot be exported from
+//! a native shared library. The rest of the bindings compile natively, where
+//! calling an import panics, so a plugin's pure logic can be unit-tested with
+//! `cargo test`.
 
-// Generates `artifactapi::plugin::*` (the host's imports, the shared types),
-// `exports::artifactapi::plugin::format` (what a plugin implements) and the
-// `export_plugin!` macro.
-wit_bindgen::generate!({
-    path: "../../wit/since_v0.1.0",
-    world: "plugin",
-    pub_export_macro: true,
-    export_macro_name: "export_plugin",
-    default_bindings_module: "artifactapi_plugin_sdk",
-    additional_derives: [PartialEq, Eq],
-});
+/// The generated bindings; use the re-exports below instead.
+#[doc(hidden)]
+pub mod bindings {
+    // Generates `artifactapi::plugin::*` (the host's imports and the shared
+    // types), `exports::artifactapi::plugin::format` (what a plugin
+    // implements) and the `export_plugin!` macro.
+    wit_bindgen::generate!({
+        path: "../../wit/since_v0.1.0",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "export_plugin",
+        default_bindings_module: "artifactapi_plugin_sdk::bindings",
+        additional_derives: [PartialEq, Eq],
+    });
+}
 
-pub use artifactapi::plugin::{cache, cas, log, metadata, store_types, types, upstream};
-pub use exports::artifactapi::plugin::format;
+pub use bindings::artifactapi::plugin::{cache, cas, log, metadata, store_types, types, upstream};
+pub use bindings::export_plugin;
+pub use bindings::exports::artifactapi::plugin::format;
 
 use std::fmt::Write as _;
 

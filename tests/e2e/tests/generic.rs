@@ -1,0 +1,359 @@
+//! Generic repositories end to end: remote caching against a real upstream on
+//! loopback, local uploads, virtual lookups and error answers.
+
+use std::time::Duration;
+
+use artifactapi_e2e::{client, header, raw_get, Server, Upstream};
+use futures::StreamExt;
+
+fn remotes(upstream: &Upstream) -> String {
+    format!(
+        r#"
+remotes:
+  files:
+    type: remote
+    package: generic
+    base_url: "{}"
+    password: hunter2
+    username: ci
+    mutable_patterns: ["latest"]
+    cache:
+      immutable_ttl: 0
+      mutable_ttl: 2
+  uploads:
+    type: local
+    package: generic
+  both:
+    type: virtual
+    package: generic
+    members: [uploads, files]
+"#,
+        upstream.url()
+    )
+}
+
+async fn setup() -> (Upstream, Server) {
+    let upstream = Upstream::start().await;
+    let server = Server::start(&remotes(&upstream)).await;
+    (upstream, server)
+}
+
+#[tokio::test]
+async fn miss_then_hit_then_upstream_down() {
+    let (upstream, server) = setup().await;
+    upstream.put("tool-1.0.tar.gz", vec![7u8; 300_000]);
+    let url = server.url("/api/v1/remote/files/files/tool-1.0.tar.gz");
+    let first = client().get(&url).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(first.headers(), "x-artifact-source"), "remote");
+    assert_eq!(header(first.headers(), "content-length"), "300000");
+    assert_eq!(first.bytes().await.unwrap(), vec![7u8; 300_000]);
+
+    let second = client().get(&url).send().await.unwrap();
+    assert_eq!(header(second.headers(), "x-artifact-source"), "cache");
+    assert!(header(second.headers(), "etag").starts_with("\"sha256:"));
+    assert_eq!(second.bytes().await.unwrap(), vec![7u8; 300_000]);
+    assert_eq!(upstream.hits("files/tool-1.0.tar.gz"), 1);
+
+    let head = client().head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(header(head.headers(), "content-length"), "300000");
+
+    upstream.stop();
+    let third = client().get(&url).send().await.unwrap();
+    assert_eq!(third.status(), 200);
+    assert_eq!(header(third.headers(), "x-artifact-source"), "cache");
+}
+
+#[tokio::test]
+async fn mutable_paths_expire_and_are_fetched_again() {
+    let (upstream, server) = setup().await;
+    upstream.put("latest.txt", "v1");
+    let url = server.url("/api/v1/remote/files/files/latest.txt");
+    assert_eq!(
+        client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "v1"
+    );
+    upstream.put("latest.txt", "v2");
+    let cached = client().get(&url).send().await.unwrap();
+    assert_eq!(header(cached.headers(), "x-artifact-source"), "cache");
+    assert_eq!(cached.text().await.unwrap(), "v1");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let refreshed = client().get(&url).send().await.unwrap();
+    assert_eq!(header(refreshed.headers(), "x-artifact-source"), "remote");
+    assert_eq!(refreshed.text().await.unwrap(), "v2");
+    assert_eq!(upstream.hits("files/latest.txt"), 2);
+
+    upstream.stop();
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let stale = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        stale.status(),
+        200,
+        "an expired copy is served while the upstream is down"
+    );
+    assert!(header(stale.headers(), "warning").contains("Stale"));
+    assert_eq!(stale.text().await.unwrap(), "v2");
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_upstream_request() {
+    let (upstream, server) = setup().await;
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    upstream.put("big.bin", data.clone());
+    let url = server.url("/api/v1/remote/files/drip/big.bin");
+    let requests = (0..6).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let response = client().get(&url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap()
+        })
+    });
+    for body in futures::future::join_all(requests).await {
+        assert_eq!(body.unwrap(), data);
+    }
+    assert_eq!(upstream.hits("drip/big.bin"), 1);
+    let again = client().get(&url).send().await.unwrap();
+    assert_eq!(header(again.headers(), "x-artifact-source"), "cache");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_does_not_abort_the_fill() {
+    let (upstream, server) = setup().await;
+    upstream.put("pkg.tar", vec![3u8; 800_000]);
+    let url = server.url("/api/v1/remote/files/drip/pkg.tar");
+    let response = client().get(&url).send().await.unwrap();
+    let mut stream = response.bytes_stream();
+    let _first = stream.next().await;
+    drop(stream);
+    let stored = artifactapi_e2e::eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let response = client().head(&url).send().await.unwrap();
+            header(response.headers(), "x-artifact-source") == "cache"
+        }
+    })
+    .await;
+    assert!(stored, "the fill finished without its client");
+    let body = client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body, vec![3u8; 800_000]);
+    assert_eq!(upstream.hits("drip/pkg.tar"), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_reset_mid_body_caches_nothing() {
+    let (upstream, server) = setup().await;
+    upstream.put("cut.bin", vec![9u8; 1_000_000]);
+    let url = server.url("/api/v1/remote/files/reset/cut.bin");
+    let response = client().get(&url).send().await.unwrap();
+    assert!(
+        response.bytes().await.is_err(),
+        "the client sees a broken body, not a short complete one"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.blob_count(), 0);
+    assert_eq!(server.spool_count(), 0);
+    let again = client().get(&url).send().await.unwrap();
+    assert!(again.bytes().await.is_err());
+    assert_eq!(upstream.hits("reset/cut.bin"), 2, "nothing was cached");
+}
+
+#[tokio::test]
+async fn upstream_errors_are_json() {
+    let (_upstream, server) = setup().await;
+    let missing = client()
+        .get(server.url("/api/v1/remote/files/files/none.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["errors"][0]["status"], 404);
+    let failing = client()
+        .get(server.url("/api/v1/remote/files/status/503"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failing.status(), 502);
+    let head_missing = client()
+        .head(server.url("/api/v1/remote/files/files/none.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head_missing.status(), 404);
+}
+
+#[tokio::test]
+async fn local_put_get_head_delete_and_dedup() {
+    let (_upstream, server) = setup().await;
+    let c = client();
+    let url = server.url("/api/v1/remote/uploads/team/app-1.0.zip");
+    let put = c.put(&url).body(vec![5u8; 70_000]).send().await.unwrap();
+    assert_eq!(put.status(), 201);
+    let stored: serde_json::Value = put.json().await.unwrap();
+    let sha = stored["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha.len(), 64);
+
+    let copy = server.url("/api/v1/remote/uploads/team/copy.zip");
+    assert_eq!(
+        c.put(&copy)
+            .body(vec![5u8; 70_000])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(server.blob_count(), 1, "the same content is stored once");
+
+    let get = c.get(&url).send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    assert_eq!(header(get.headers(), "x-artifact-source"), "local");
+    assert_eq!(get.bytes().await.unwrap(), vec![5u8; 70_000]);
+    let head = c.head(&url).send().await.unwrap();
+    assert_eq!(header(head.headers(), "content-length"), "70000");
+
+    let wrong = c
+        .put(server.url("/api/v1/remote/uploads/team/bad.zip"))
+        .header("x-checksum-sha256", "0".repeat(64))
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 400);
+    let missing = c
+        .get(server.url("/api/v1/remote/uploads/team/bad.zip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404, "a refused upload stores nothing");
+
+    assert_eq!(c.delete(&url).send().await.unwrap().status(), 204);
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 404);
+    assert_eq!(c.delete(&url).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(&copy).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn virtual_serves_from_the_first_member_that_has_the_path() {
+    let (upstream, server) = setup().await;
+    upstream.put("shared.txt", "from upstream");
+    let c = client();
+    c.put(server.url("/api/v1/remote/uploads/files/shared.txt"))
+        .body("from uploads")
+        .send()
+        .await
+        .unwrap();
+    let first = c
+        .get(server.url("/api/v1/remote/both/files/shared.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.text().await.unwrap(), "from uploads");
+    let alias = c
+        .get(server.url("/api/v1/virtual/both/misc/other.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alias.text().await.unwrap(), "content of misc/other.txt");
+    assert_eq!(
+        c.put(server.url("/api/v1/remote/both/x"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let (_upstream, server) = setup().await;
+    let c = client();
+    let unknown = c
+        .get(server.url("/api/v1/remote/nope/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let body: serde_json::Value = unknown.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "REPOSITORY_NOT_FOUND");
+
+    let post = c
+        .post(server.url("/api/v1/remote/files/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(header(post.headers(), "allow"), "GET, HEAD");
+    assert!(post.json::<serde_json::Value>().await.is_ok());
+
+    for target in [
+        "/api/v1/remote/files/a/../../etc/passwd",
+        "/api/v1/remote/files/a/%2e%2e/%2e%2e/etc/passwd",
+        "/api/v1/remote/files/a%2F..%2Fb",
+        "/api/v1/remote/uploads/..%5c..%5cb",
+    ] {
+        let (status, body) = raw_get(server.addr, target).await;
+        assert_eq!(status, 400, "{target}");
+        assert!(body.contains("PATH_TRAVERSAL"), "{target}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn management_endpoints() {
+    let (_upstream, server) = setup().await;
+    let c = client();
+    let health: serde_json::Value = c
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let config = c
+        .get(server.url("/config"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        config.contains("files") && !config.contains("hunter2"),
+        "{config}"
+    );
+    let root: serde_json::Value = c
+        .get(server.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = root["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["both", "files", "uploads"]);
+}
