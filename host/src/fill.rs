@@ -187,9 +187,13 @@ impl Fills {
         });
         inflight.insert(key.clone(), fill.clone());
         drop(inflight);
-        let fills = self.clone();
+        let entry = Entry {
+            fills: self.clone(),
+            key,
+        };
         let task_fill = fill.clone();
         tokio::spawn(async move {
+            let _entry = entry;
             let outcome = run(&job, &task_fill).await;
             match outcome {
                 Ok(record) => {
@@ -202,11 +206,6 @@ impl Fills {
                     task_fill.state.send_replace(FillState::Failed(e));
                 }
             }
-            fills
-                .inflight
-                .lock()
-                .expect("fill table poisoned")
-                .remove(&key);
         });
         fill
     }
@@ -219,6 +218,20 @@ impl Fills {
     /// Whether no fill is in flight.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A fill's place in the table, given up when its task ends however it ends.
+struct Entry {
+    fills: Arc<Fills>,
+    key: String,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if let Ok(mut inflight) = self.fills.inflight.lock() {
+            inflight.remove(&self.key);
+        }
     }
 }
 

@@ -49,6 +49,16 @@ impl CallScope {
         }
     }
 
+    /// The namespaced cache key and the storage, or why the call cannot go on.
+    fn cache_target(&self, key: &str) -> Result<(String, &Storage), store_types::StoreError> {
+        if key.is_empty() || key.len() > 512 {
+            return Err(store_types::StoreError::Invalid(
+                "keys are 1 to 512 bytes".into(),
+            ));
+        }
+        Ok((format!("plugin/{}/{}", self.plugin, key), self.storage()?))
+    }
+
     fn storage(&self) -> Result<&Storage, store_types::StoreError> {
         self.services
             .as_ref()
@@ -79,36 +89,18 @@ impl log::Host for HostState {
     }
 }
 
-impl HostState {
-    fn cache_key(&self, key: &str) -> Result<String, store_types::StoreError> {
-        if key.is_empty() || key.len() > 512 {
-            return Err(store_types::StoreError::Invalid(
-                "keys are 1 to 512 bytes".into(),
-            ));
-        }
-        Ok(format!("plugin/{}/{}", self.scope.plugin, key))
-    }
-}
-
 impl cache::Host for HostState {
     async fn get(
         &mut self,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store_types::StoreError>> {
-        let key = match self.cache_key(&key) {
-            Ok(key) => key,
-            Err(e) => return Ok(Err(e)),
-        };
-        let storage = match self.scope.storage() {
-            Ok(storage) => storage,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(storage
-            .cache
-            .get(&key)
-            .await
-            .map(|v| v.map(|b| b.to_vec()))
-            .map_err(unavailable))
+        let scope = &self.scope;
+        Ok(async {
+            let (key, storage) = scope.cache_target(&key)?;
+            let value = storage.cache.get(&key).await.map_err(unavailable)?;
+            Ok(value.map(|b| b.to_vec()))
+        }
+        .await)
     }
 
     async fn set(
@@ -117,38 +109,32 @@ impl cache::Host for HostState {
         value: Vec<u8>,
         ttl_seconds: u32,
     ) -> wasmtime::Result<Result<(), store_types::StoreError>> {
-        if value.len() as u64 > CACHE_VALUE_LIMIT {
-            return Ok(Err(store_types::StoreError::TooLarge(CACHE_VALUE_LIMIT)));
+        let scope = &self.scope;
+        Ok(async {
+            if value.len() as u64 > CACHE_VALUE_LIMIT {
+                return Err(store_types::StoreError::TooLarge(CACHE_VALUE_LIMIT));
+            }
+            let (key, storage) = scope.cache_target(&key)?;
+            let ttl = Duration::from_secs(ttl_seconds.clamp(1, CACHE_TTL_LIMIT).into());
+            storage
+                .cache
+                .set(&key, Bytes::from(value), ttl)
+                .await
+                .map_err(unavailable)
         }
-        let key = match self.cache_key(&key) {
-            Ok(key) => key,
-            Err(e) => return Ok(Err(e)),
-        };
-        let storage = match self.scope.storage() {
-            Ok(storage) => storage,
-            Err(e) => return Ok(Err(e)),
-        };
-        let ttl = Duration::from_secs(ttl_seconds.clamp(1, CACHE_TTL_LIMIT).into());
-        Ok(storage
-            .cache
-            .set(&key, Bytes::from(value), ttl)
-            .await
-            .map_err(unavailable))
+        .await)
     }
 
     async fn delete(
         &mut self,
         key: String,
     ) -> wasmtime::Result<Result<(), store_types::StoreError>> {
-        let key = match self.cache_key(&key) {
-            Ok(key) => key,
-            Err(e) => return Ok(Err(e)),
-        };
-        let storage = match self.scope.storage() {
-            Ok(storage) => storage,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(storage.cache.delete(&key).await.map_err(unavailable))
+        let scope = &self.scope;
+        Ok(async {
+            let (key, storage) = scope.cache_target(&key)?;
+            storage.cache.delete(&key).await.map_err(unavailable)
+        }
+        .await)
     }
 }
 
@@ -157,49 +143,47 @@ impl cas::Host for HostState {
         &mut self,
         digest: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store_types::StoreError>> {
-        let Some(digest) = Digest::parse(&digest) else {
-            return Ok(Err(store_types::StoreError::Invalid(format!(
-                "not a sha256 digest: {digest:?}"
-            ))));
-        };
-        let cap = self.scope.cap;
-        let storage = match self.scope.storage() {
-            Ok(storage) => storage,
-            Err(e) => return Ok(Err(e)),
-        };
-        match storage.cas.size(&digest).await {
-            Ok(Some(size)) if size > cap => {
-                return Ok(Err(store_types::StoreError::TooLarge(cap)));
+        let scope = &self.scope;
+        Ok(async {
+            let digest = Digest::parse(&digest).ok_or_else(|| {
+                store_types::StoreError::Invalid(format!("not a sha256 digest: {digest:?}"))
+            })?;
+            let cap = scope.cap;
+            let storage = scope.storage()?;
+            match storage.cas.size(&digest).await.map_err(unavailable)? {
+                Some(size) if size > cap => return Err(store_types::StoreError::TooLarge(cap)),
+                None => return Ok(None),
+                Some(_) => {}
             }
-            Ok(_) => {}
-            Err(e) => return Ok(Err(unavailable(e))),
+            let bytes = storage
+                .cas
+                .read_capped(&digest, cap)
+                .await
+                .map_err(unavailable)?;
+            Ok(bytes.map(|b| b.to_vec()))
         }
-        Ok(storage
-            .cas
-            .read_capped(&digest, cap)
-            .await
-            .map(|v| v.map(|b| b.to_vec()))
-            .map_err(unavailable))
+        .await)
     }
 
     async fn write(
         &mut self,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<String, store_types::StoreError>> {
-        let cap = self.scope.cap;
-        if data.len() as u64 > cap {
-            return Ok(Err(store_types::StoreError::TooLarge(cap)));
+        let scope = &self.scope;
+        Ok(async {
+            let cap = scope.cap;
+            if data.len() as u64 > cap {
+                return Err(store_types::StoreError::TooLarge(cap));
+            }
+            let storage = scope.storage()?;
+            let digest = storage
+                .cas
+                .put_bytes(Bytes::from(data))
+                .await
+                .map_err(unavailable)?;
+            Ok(digest.to_string())
         }
-        let storage = match self.scope.storage() {
-            Ok(storage) => storage,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(storage
-            .cas
-            .put_bytes(Bytes::from(data))
-            .await
-            .map(|d| d.to_string())
-            .map_err(unavailable))
+        .await)
     }
 }
 
@@ -209,27 +193,25 @@ impl metadata::Host for HostState {
         repo: String,
         path: String,
     ) -> wasmtime::Result<Result<Option<metadata::ObjectInfo>, store_types::StoreError>> {
-        if !self.scope.repos.contains(&repo) {
-            return Ok(Err(store_types::StoreError::Invalid(format!(
-                "repository {repo:?} is outside this call's scope"
-            ))));
+        let scope = &self.scope;
+        Ok(async {
+            if !scope.repos.contains(&repo) {
+                return Err(store_types::StoreError::Invalid(format!(
+                    "repository {repo:?} is outside this call's scope"
+                )));
+            }
+            let storage = scope.storage()?;
+            let record = storage.meta.get(&repo, &path).await.map_err(unavailable)?;
+            Ok(record.map(|r| metadata::ObjectInfo {
+                path: r.path,
+                digest: format!("sha256:{}", r.digest),
+                size: r.size,
+                content_type: r.content_type,
+                stored_at: r.stored_at.max(0) as u64,
+                expires_at: r.expires_at.map(|t| t.max(0) as u64),
+            }))
         }
-        let storage = match self.scope.storage() {
-            Ok(storage) => storage,
-            Err(e) => return Ok(Err(e)),
-        };
-        let record = match storage.meta.get(&repo, &path).await {
-            Ok(record) => record,
-            Err(e) => return Ok(Err(unavailable(e))),
-        };
-        Ok(Ok(record.map(|r| metadata::ObjectInfo {
-            path: r.path,
-            digest: format!("sha256:{}", r.digest),
-            size: r.size,
-            content_type: r.content_type,
-            stored_at: r.stored_at.max(0) as u64,
-            expires_at: r.expires_at.map(|t| t.max(0) as u64),
-        })))
+        .await)
     }
 }
 
@@ -238,95 +220,84 @@ impl upstream::Host for HostState {
         &mut self,
         request: upstream::Request,
     ) -> wasmtime::Result<Result<upstream::Response, upstream::FetchError>> {
-        let client = self
-            .scope
-            .services
-            .as_ref()
-            .map(|(_, client)| client.clone());
-        let origins = self.scope.origins.clone();
-        let repo = self.scope.repo.clone();
-        let cap = self.scope.cap;
-        Ok(fetch_checked(client, &origins, &repo, cap, request).await)
+        Ok(fetch_checked(&self.scope, request).await)
     }
 }
 
-/// Sends a plugin's upstream request if its origin is one of `origins`.
+/// Sends a plugin's upstream request if its origin is one of the scope's.
 async fn fetch_checked(
-    client: Option<reqwest::Client>,
-    origins: &[String],
-    repo: &str,
-    cap: u64,
+    scope: &CallScope,
     request: upstream::Request,
 ) -> Result<upstream::Response, upstream::FetchError> {
-    {
-        use upstream::FetchError;
-        let method = match request.method.as_str() {
-            "GET" => reqwest::Method::GET,
-            "HEAD" => reqwest::Method::HEAD,
-            other => {
-                return Err(FetchError::InvalidRequest(format!(
-                    "method {other} is not allowed"
-                )))
-            }
-        };
-        let Some(origin) = crate::config::origin_of(&request.url) else {
+    use upstream::FetchError;
+    let method = match request.method.as_str() {
+        "GET" => reqwest::Method::GET,
+        "HEAD" => reqwest::Method::HEAD,
+        other => {
             return Err(FetchError::InvalidRequest(format!(
-                "not an http(s) URL: {:?}",
-                request.url
-            )));
-        };
-        if !origins.contains(&origin) {
-            return Err(FetchError::Forbidden(format!(
-                "{origin} is not an upstream of repository {repo}"
-            )));
+                "method {other} is not allowed"
+            )))
         }
-        let Some(client) = client else {
-            return Err(FetchError::Unreachable("no network while loading".into()));
-        };
-        let mut builder = client.request(method, &request.url).timeout(FETCH_TIMEOUT);
-        for header in &request.headers {
-            builder = builder.header(&header.name, &header.value);
+    };
+    let Some(origin) = crate::config::origin_of(&request.url) else {
+        return Err(FetchError::InvalidRequest(format!(
+            "not an http(s) URL: {:?}",
+            request.url
+        )));
+    };
+    if !scope.origins.contains(&origin) {
+        return Err(FetchError::Forbidden(format!(
+            "{origin} is not an upstream of repository {}",
+            scope.repo
+        )));
+    }
+    let Some((_, client)) = &scope.services else {
+        return Err(FetchError::Unreachable("no network while loading".into()));
+    };
+    let mut builder = client.request(method, &request.url).timeout(FETCH_TIMEOUT);
+    for header in &request.headers {
+        builder = builder.header(&header.name, &header.value);
+    }
+    let response = builder.send().await.map_err(|e| {
+        if e.is_timeout() {
+            FetchError::Timeout
+        } else {
+            FetchError::Unreachable(e.to_string())
         }
-        let response = builder.send().await.map_err(|e| {
+    })?;
+    let cap = scope.cap;
+    if response.content_length().is_some_and(|len| len > cap) {
+        return Err(FetchError::TooLarge(cap));
+    }
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            Some(types::Header {
+                name: name.as_str().to_string(),
+                value: value.to_str().ok()?.to_string(),
+            })
+        })
+        .collect();
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
             if e.is_timeout() {
                 FetchError::Timeout
             } else {
                 FetchError::Unreachable(e.to_string())
             }
         })?;
-        if response.content_length().is_some_and(|len| len > cap) {
+        if body.len() as u64 + chunk.len() as u64 > cap {
             return Err(FetchError::TooLarge(cap));
         }
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter_map(|(name, value)| {
-                Some(types::Header {
-                    name: name.as_str().to_string(),
-                    value: value.to_str().ok()?.to_string(),
-                })
-            })
-            .collect();
-        let mut body = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                if e.is_timeout() {
-                    FetchError::Timeout
-                } else {
-                    FetchError::Unreachable(e.to_string())
-                }
-            })?;
-            if body.len() as u64 + chunk.len() as u64 > cap {
-                return Err(FetchError::TooLarge(cap));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(upstream::Response {
-            status,
-            headers,
-            body,
-        })
+        body.extend_from_slice(&chunk);
     }
+    Ok(upstream::Response {
+        status,
+        headers,
+        body,
+    })
 }

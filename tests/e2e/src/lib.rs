@@ -358,3 +358,20 @@ where
     }
     false
 }
+
+/// GETs a URL and parses the body as JSON, whatever the status.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The status of a GET.
+pub async fn get_status(url: &str) -> u16 {
+    client().get(url).send().await.unwrap().status().as_u16()
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use artifactapi_e2e::{client, header, raw_get, Server, Upstream};
+use artifactapi_e2e::{client, get_json, header, raw_get, Server, Upstream};
 use futures::StreamExt;
 
 fn remotes(upstream: &Upstream) -> String {
@@ -320,14 +320,7 @@ async fn bad_requests_get_json_errors() {
 async fn management_endpoints() {
     let (_upstream, server) = setup().await;
     let c = client();
-    let health: serde_json::Value = c
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&server.url("/health")).await;
     assert_eq!(health["status"], "ok");
     let config = c
         .get(server.url("/config"))
@@ -341,14 +334,7 @@ async fn management_endpoints() {
         config.contains("files") && !config.contains("hunter2"),
         "{config}"
     );
-    let root: serde_json::Value = c
-        .get(server.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let root = get_json(&server.url("/")).await;
     let names: Vec<&str> = root["repositories"]
         .as_array()
         .unwrap()

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use artifactapi::plugins::{CallScope, RepoContext, RepoKind, RequestInfo};
 use artifactapi_e2e::{
-    client, component, eventually, fixtures_dir, header, install, plugins_dir, Server, Upstream,
+    client, component, eventually, fixtures_dir, get_json, get_status, header, install,
+    plugins_dir, Server, Upstream,
 };
 
 fn remotes(upstream: &Upstream) -> String {
@@ -59,14 +60,7 @@ async fn setup(deadline: Duration) -> (Upstream, Server) {
 }
 
 async fn plugin_versions(server: &Server) -> Vec<(String, String)> {
-    let listing: serde_json::Value = client()
-        .get(server.url("/api/v2/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing: serde_json::Value = get_json(&server.url("/api/v2/plugins")).await;
     listing["plugins"]
         .as_array()
         .unwrap()
@@ -84,14 +78,7 @@ async fn plugin_versions(server: &Server) -> Vec<(String, String)> {
 #[tokio::test]
 async fn real_plugins_load_and_classify() {
     let (upstream, server) = setup(Duration::from_secs(5)).await;
-    let listing: serde_json::Value = client()
-        .get(server.url("/api/v2/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing: serde_json::Value = get_json(&server.url("/api/v2/plugins")).await;
     let alpine = listing["plugins"]
         .as_array()
         .unwrap()
@@ -281,14 +268,7 @@ async fn a_broken_file_is_reported_and_the_old_version_keeps_serving() {
     install(&garbage, &server.plugin_dir(), "alpine.wasm");
     install(&garbage, &server.plugin_dir(), "new.wasm");
     let reported = eventually(Duration::from_secs(10), || async {
-        let listing: serde_json::Value = client()
-            .get(server.url("/api/v2/plugins"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listing: serde_json::Value = get_json(&server.url("/api/v2/plugins")).await;
         let rows = listing["plugins"].as_array().unwrap().clone();
         let errors = rows.iter().filter(|p| !p["last_error"].is_null()).count();
         errors == 2
@@ -383,13 +363,7 @@ async fn hot_swap_under_load_fails_no_request_and_in_flight_calls_finish_on_the_
 
     std::fs::remove_file(server.plugin_dir().join("misbehave.wasm")).unwrap();
     let unloaded = eventually(Duration::from_secs(10), || async {
-        client()
-            .get(server.url("/api/v1/remote/fx/ok/after-removal.txt"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 503
+        get_status(&server.url("/api/v1/remote/fx/ok/after-removal.txt")).await == 503
     })
     .await;
     assert!(unloaded, "removing the file unloads the plugin");
@@ -402,13 +376,7 @@ async fn remotes_yaml_is_reloaded_and_a_bad_edit_is_refused() {
     text.push_str("  extra:\n    type: local\n    package: generic\n");
     std::fs::write(server.config_path(), &text).unwrap();
     let added = eventually(Duration::from_secs(10), || async {
-        client()
-            .get(server.url("/api/v1/remote/extra/none"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 404
+        get_status(&server.url("/api/v1/remote/extra/none")).await == 404
             && server.running.app.config.load().repo("extra").is_some()
     })
     .await;
@@ -417,14 +385,7 @@ async fn remotes_yaml_is_reloaded_and_a_bad_edit_is_refused() {
     let bad = text.replace("package: generic", "package: generic\n    mutable_tll: 5");
     std::fs::write(server.config_path(), bad).unwrap();
     let refused = eventually(Duration::from_secs(10), || async {
-        let health: serde_json::Value = client()
-            .get(server.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: serde_json::Value = get_json(&server.url("/health")).await;
         health["config_error"]
             .as_str()
             .is_some_and(|e| e.contains("mutable_tll"))
