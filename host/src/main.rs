@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use artifactapi::plugins::Limits;
@@ -85,7 +86,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let running = start(&options).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    // Small responses go out at once rather than waiting on the client's
+    // delayed ACK.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await?
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
     if !args.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %args.listen,
