@@ -9,8 +9,9 @@ FIXTURE_DIR := target/test-plugins
 
 export ARTIFACTAPI_TEST_PLUGINS  := $(CURDIR)/$(PLUGIN_DIR)
 export ARTIFACTAPI_TEST_FIXTURES := $(CURDIR)/$(FIXTURE_DIR)
+export ARTIFACTAPI_E2E_TOOLS     := $(CURDIR)/target/e2e-tools
 
-.PHONY: build run test lint fixtures wasm-target bench clean
+.PHONY: build run test lint fixtures e2e-tools wasm-target bench clean
 
 ## build: the server (target/release/artifactapi) and every plugin (target/plugins/*.wasm)
 build: wasm-target
@@ -27,8 +28,17 @@ run: build
 	./target/release/artifactapi serve
 
 ## test: lint, then every unit and end-to-end test
-test: build fixtures lint
+test: build fixtures e2e-tools lint
 	$(CARGO) test --release --workspace
+
+## e2e-tools: the real clients and upstream servers the end-to-end tests drive
+## (each tests/setup/*.sh installs its own, idempotently, under target/e2e-tools)
+e2e-tools:
+	@mkdir -p $(ARTIFACTAPI_E2E_TOOLS)
+	@for script in tests/setup/*.sh; do \
+		[ -e "$$script" ] || continue; \
+		bash "$$script" || exit 1; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -34,6 +34,13 @@ pub fn fixtures_dir() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/test-plugins"))
 }
 
+/// Where tests/setup/*.sh install clients and upstream servers.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("ARTIFACTAPI_E2E_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/e2e-tools"))
+}
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
