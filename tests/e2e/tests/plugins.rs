@@ -394,3 +394,96 @@ async fn remotes_yaml_is_reloaded_and_a_bad_edit_is_refused() {
     assert!(refused, "the error names the unknown field");
     assert!(server.running.app.config.load().repo("extra").is_some());
 }
+
+#[tokio::test]
+async fn index_documents_are_rewritten_per_client_and_merged_for_virtual_repositories() {
+    let first = Upstream::start().await;
+    let second = Upstream::start().await;
+    let fixture = component(&fixtures_dir(), "misbehave-1.0.0.wasm");
+    let remotes = format!(
+        "remotes:\n  fx-a:\n    type: remote\n    package: fixture\n    base_url: \"{}\"\n  \
+         fx-b:\n    type: remote\n    package: fixture\n    base_url: \"{}\"\n  \
+         fx-all:\n    type: virtual\n    package: fixture\n    members: [fx-a, fx-b]\n",
+        first.url(),
+        second.url()
+    );
+    let server = Server::start_with(
+        &remotes,
+        &[(&fixture, "misbehave.wasm")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let marker = |repo: &str, host: &str| {
+        format!("\n<!-- rewritten by misbehave 1.0.0 for http://{host}/api/v1/remote/{repo} -->")
+    };
+    let local = server.addr.to_string();
+
+    let direct = client()
+        .get(server.url("/api/v1/remote/fx-a/misc/index.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(direct.headers(), "x-artifact-source"), "remote");
+    let body = direct.text().await.unwrap();
+    assert_eq!(
+        body,
+        format!("content of misc/index.txt{}", marker("fx-a", &local))
+    );
+
+    let proxied = client()
+        .get(server.url("/api/v1/remote/fx-a/misc/index.txt"))
+        .header("x-forwarded-host", "proxy.example.org")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(proxied.headers(), "x-artifact-source"), "cache");
+    let body = proxied.text().await.unwrap();
+    assert_eq!(
+        body,
+        format!(
+            "content of misc/index.txt{}",
+            marker("fx-a", "proxy.example.org")
+        ),
+        "the cached upstream document is rewritten for each client's URL"
+    );
+
+    let merged = client()
+        .get(server.url("/api/v1/remote/fx-all/misc/index.txt"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let member = format!("content of misc/index.txt{}", marker("fx-all", &local));
+    assert_eq!(merged, format!("{member}\n{member}"));
+    assert_eq!(second.hits("misc/index.txt"), 1);
+
+    second.stop();
+    let partial = client()
+        .get(server.url("/api/v1/remote/fx-all/other/index.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partial.status(), 200, "a failing member is left out");
+    assert_eq!(
+        partial.text().await.unwrap(),
+        format!("content of other/index.txt{}", marker("fx-all", &local))
+    );
+
+    first.put("big/index.txt", "x".repeat(8192));
+    let zipped = client()
+        .get(server.url("/api/v1/remote/fx-a/files/big/index.txt"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(zipped.headers(), "content-encoding"), "gzip");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&zipped.bytes().await.unwrap()[..]),
+        &mut text,
+    )
+    .unwrap();
+    assert!(text.starts_with(&"x".repeat(8192)), "{}", &text[..40]);
+}

@@ -1,26 +1,26 @@
 //! `/api/v1/remote/{repo}/{path}`: reading from every kind of repository,
 //! uploading to and deleting from local ones.
 
+mod index;
+mod local;
+mod remote;
+
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::Response;
 use percent_encoding::percent_decode_str;
-use serde_json::json;
 
 use crate::config::{Config, Repo, RepoKind};
 use crate::error::AppError;
-use crate::fill::{FillError, FillJob, FillState};
 use crate::plugins::{
-    CallFailure, CallScope, Classification, Document, Header, IndexOptions, LoadedPlugin,
-    Mutability, PluginError, RepoContext, RequestInfo,
+    CallFailure, CallScope, Classification, Header, LoadedPlugin, Mutability, PluginError,
+    RepoContext, RequestInfo,
 };
 use crate::server::App;
-use crate::storage::{Digest, ObjectRecord, Origin};
-use crate::util::now_secs;
+use crate::storage::{Digest, ObjectRecord};
 
 /// Response header naming where the bytes came from.
 pub const SOURCE_HEADER: &str = "x-artifact-source";
@@ -33,6 +33,8 @@ const PRIVATE_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorizati
 
 /// The repository and path a request addresses.
 struct Target {
+    /// The repository the client addressed (a virtual one while its members
+    /// are consulted): links in index documents lead back to it.
     repo: String,
     /// Percent-decoded path below the repository.
     path: String,
@@ -118,8 +120,8 @@ pub async fn handle(app: Arc<App>, request: Request) -> Result<Response, AppErro
     };
     match (ctx.repo.kind(), &ctx.method) {
         (_, &Method::GET | &Method::HEAD) => read(&ctx).await,
-        (RepoKind::Local, &Method::PUT) => upload(&ctx, body).await,
-        (RepoKind::Local, &Method::DELETE) => delete(&ctx).await,
+        (RepoKind::Local, &Method::PUT) => local::upload(&ctx, body).await,
+        (RepoKind::Local, &Method::DELETE) => local::delete(&ctx).await,
         (RepoKind::Local, method) => Err(AppError::method_not_allowed(
             "GET, HEAD, PUT, DELETE",
             format!("{method} is not allowed on a local repository"),
@@ -141,7 +143,7 @@ impl Ctx {
             method: self.method.clone(),
             headers: self.headers.clone(),
             target: Target {
-                repo: String::new(),
+                repo: self.target.repo.clone(),
                 path: self.target.path.clone(),
                 raw_path: self.target.raw_path.clone(),
                 query: self.target.query.clone(),
@@ -159,7 +161,7 @@ impl Ctx {
         let host = header("x-forwarded-host")
             .or_else(|| header("host"))
             .unwrap_or("localhost");
-        format!("{scheme}://{host}/api/v1/remote/{}", self.repo.name)
+        format!("{scheme}://{host}/api/v1/remote/{}", self.target.repo)
     }
 
     fn repo_context(&self) -> RepoContext {
@@ -367,14 +369,19 @@ async fn read(ctx: &Ctx) -> Result<Response, AppError> {
         }
         RepoKind::Remote => {
             let decision = decide(ctx).await?;
-            read_remote(ctx, &decision).await
+            remote::read_remote(ctx, &decision).await
         }
         RepoKind::Virtual => read_virtual(ctx).await,
     }
 }
 
-/// Serves from the first member that has the path.
+/// Serves an index merged from the members, or a file from the first
+/// member that has it.
 async fn read_virtual(ctx: &Ctx) -> Result<Response, AppError> {
+    let decision = decide(ctx).await?;
+    if decision.rewrite {
+        return index::merged(ctx, &decision).await;
+    }
     let mut last = AppError::not_found(format!(
         "{} is in no member of repository {}",
         ctx.target.path, ctx.repo.name
@@ -393,257 +400,6 @@ async fn read_virtual(ctx: &Ctx) -> Result<Response, AppError> {
         }
     }
     Err(last)
-}
-
-fn fresh(record: &ObjectRecord, now: i64) -> bool {
-    record.expires_at.is_none_or(|at| at > now)
-}
-
-async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
-    let storage = &ctx.app.storage;
-    let existing = storage.meta.get(&ctx.repo.name, &decision.key).await?;
-    if let Some(record) = &existing {
-        if fresh(record, now_secs()) || ctx.is_head() {
-            if let Some(response) = serve_record(ctx, decision, record, "cache").await? {
-                return Ok(response);
-            }
-        }
-    }
-    let (url, headers) = upstream_request(ctx, decision).await?;
-    if ctx.is_head() && !decision.rewrite {
-        return head_upstream(ctx, decision, &url, &headers).await;
-    }
-    let ttl = if decision.mutable {
-        Some(ctx.repo.entry.cache.mutable_ttl)
-    } else {
-        Some(ctx.repo.entry.cache.immutable_ttl).filter(|ttl| *ttl > 0)
-    };
-    let job = FillJob {
-        storage: storage.clone(),
-        client: ctx.app.http.clone(),
-        url,
-        headers,
-        record: ObjectRecord {
-            repo: ctx.repo.name.clone(),
-            path: decision.key.clone(),
-            digest: String::new(),
-            size: 0,
-            content_type: decision
-                .content_type
-                .clone()
-                .unwrap_or_else(|| "application/octet-stream".into()),
-            origin: Origin::Remote,
-            mutable: decision.mutable,
-            stored_at: now_secs(),
-            expires_at: None,
-            upstream_etag: None,
-            upstream_last_modified: None,
-        },
-        ttl,
-        expected: None,
-    };
-    let fill = ctx
-        .app
-        .fills
-        .join_or_start(format!("{}/{}", ctx.repo.name, decision.key), job);
-    if decision.rewrite {
-        return match fill.finished().await {
-            Ok(record) => serve_record(ctx, decision, &record, "remote")
-                .await?
-                .ok_or_else(|| AppError::internal("object vanished after its fill")),
-            Err(e) => stale_or_error(ctx, decision, existing.as_ref(), e).await,
-        };
-    }
-    match fill.started().await {
-        FillState::Streaming { .. } => {
-            let head = fill.head().cloned();
-            let content_type = head
-                .as_ref()
-                .and_then(|h| h.content_type.clone())
-                .or_else(|| decision.content_type.clone())
-                .unwrap_or_else(|| "application/octet-stream".into());
-            let mut builder = Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, content_type)
-                .header(SOURCE_HEADER, "remote");
-            if let Some(len) = head.and_then(|h| h.content_length) {
-                builder = builder.header(header::CONTENT_LENGTH, len);
-            }
-            if let Some(plugin) = &decision.plugin {
-                builder = builder.header(PLUGIN_HEADER, plugin.label());
-            }
-            builder
-                .body(Body::from_stream(fill.body()))
-                .map_err(AppError::internal)
-        }
-        FillState::Done { record } => serve_record(ctx, decision, &record, "remote")
-            .await?
-            .ok_or_else(|| AppError::internal("object vanished after its fill")),
-        FillState::Failed(e) => stale_or_error(ctx, decision, existing.as_ref(), e).await,
-        FillState::Connecting => Err(AppError::internal("fill reported no progress")),
-    }
-}
-
-/// The upstream URL and headers for a request: the plugin's, or
-/// `base_url/path` for generic repositories.
-async fn upstream_request(
-    ctx: &Ctx,
-    decision: &Decision,
-) -> Result<(String, Vec<(String, String)>), AppError> {
-    let base = ctx
-        .repo
-        .base_url
-        .as_deref()
-        .ok_or_else(|| AppError::internal("remote repository without base_url"))?;
-    let (url, mut headers) = match &decision.plugin {
-        None => {
-            let mut url = format!("{base}/{}", ctx.target.raw_path);
-            if !ctx.target.query.is_empty() {
-                url.push('?');
-                url.push_str(&ctx.target.query);
-            }
-            (url, Vec::new())
-        }
-        Some(plugin) => {
-            let outcome = ctx
-                .app
-                .plugins
-                .prepare_upstream(
-                    plugin,
-                    ctx.scope(plugin),
-                    ctx.repo_context(),
-                    ctx.request_info(),
-                )
-                .await;
-            let request = plugin_answer(plugin, outcome)?;
-            let allowed = crate::config::origin_of(&request.url)
-                .is_some_and(|origin| ctx.repo.upstream_origins().contains(&origin));
-            if !allowed {
-                return Err(AppError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "PLUGIN_FAILED",
-                    format!(
-                        "plugin {} asked for {:?}, which is not an upstream of repository {}",
-                        plugin.label(),
-                        request.url,
-                        ctx.repo.name
-                    ),
-                ));
-            }
-            let headers = request
-                .headers
-                .into_iter()
-                .map(|h| (h.name, h.value))
-                .collect();
-            (request.url, headers)
-        }
-    };
-    if let (Some(user), Some(password)) = (&ctx.repo.entry.username, &ctx.repo.entry.password) {
-        use base64::Engine as _;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        headers.push(("authorization".into(), format!("Basic {token}")));
-    }
-    Ok((url, headers))
-}
-
-/// A HEAD for an object not in the cache: asks the upstream, stores nothing.
-async fn head_upstream(
-    ctx: &Ctx,
-    decision: &Decision,
-    url: &str,
-    headers: &[(String, String)],
-) -> Result<Response, AppError> {
-    let mut request = ctx.app.http.head(url);
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let upstream = request
-        .send()
-        .await
-        .map_err(|e| upstream_error(ctx, &FillError::Unreachable(e.to_string())))?;
-    let status = upstream.status().as_u16();
-    if status != 200 {
-        return Err(upstream_error(ctx, &FillError::Status(status)));
-    }
-    let mut builder = Response::builder()
-        .status(StatusCode::OK)
-        .header(SOURCE_HEADER, "remote");
-    let content_type = upstream
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .cloned()
-        .or_else(|| {
-            decision
-                .content_type
-                .as_deref()
-                .and_then(|t| HeaderValue::from_str(t).ok())
-        })
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    builder = builder.header(header::CONTENT_TYPE, content_type);
-    for name in [header::CONTENT_LENGTH, header::LAST_MODIFIED] {
-        if let Some(value) = upstream.headers().get(&name) {
-            builder = builder.header(name, value);
-        }
-    }
-    if let Some(plugin) = &decision.plugin {
-        builder = builder.header(PLUGIN_HEADER, plugin.label());
-    }
-    builder.body(Body::empty()).map_err(AppError::internal)
-}
-
-fn upstream_error(ctx: &Ctx, error: &FillError) -> AppError {
-    let repo = &ctx.repo.name;
-    let path = &ctx.target.path;
-    match error {
-        FillError::Status(404 | 410) => AppError::not_found(format!(
-            "{path} was not found upstream of repository {repo}"
-        )),
-        FillError::Status(status) => AppError::new(
-            StatusCode::BAD_GATEWAY,
-            "UPSTREAM_ERROR",
-            format!("the upstream of repository {repo} answered {status} for {path}"),
-        ),
-        FillError::Unreachable(e) => AppError::new(
-            StatusCode::BAD_GATEWAY,
-            "UPSTREAM_UNREACHABLE",
-            format!("the upstream of repository {repo} is unreachable: {e}"),
-        ),
-        FillError::Broken(e) => AppError::new(
-            StatusCode::BAD_GATEWAY,
-            "UPSTREAM_ERROR",
-            format!("fetching {path} for repository {repo} failed: {e}"),
-        ),
-    }
-}
-
-/// After a failed fill: the stale copy if the upstream is down, else the error.
-async fn stale_or_error(
-    ctx: &Ctx,
-    decision: &Decision,
-    existing: Option<&ObjectRecord>,
-    error: FillError,
-) -> Result<Response, AppError> {
-    let upstream_down = match &error {
-        FillError::Unreachable(_) => true,
-        FillError::Status(status) => *status == 429 || *status >= 500,
-        FillError::Broken(_) => false,
-    };
-    if let (true, Some(record)) = (upstream_down, existing) {
-        tracing::warn!(
-            repo = %ctx.repo.name,
-            path = %ctx.target.path,
-            error = %error,
-            "serving a stale copy: the upstream is failing"
-        );
-        if let Some(mut response) = serve_record(ctx, decision, record, "cache").await? {
-            response.headers_mut().insert(
-                header::WARNING,
-                HeaderValue::from_static("110 artifactapi \"Response is Stale\""),
-            );
-            return Ok(response);
-        }
-    }
-    Err(upstream_error(ctx, &error))
 }
 
 fn etag(record: &ObjectRecord) -> String {
@@ -669,7 +425,12 @@ async fn serve_record(
         .ok_or_else(|| AppError::internal(format!("bad digest in metadata: {}", record.digest)))?;
     if decision.rewrite {
         if let Some(plugin) = &decision.plugin {
-            return rewrite(ctx, plugin, record, &digest, source).await;
+            return match index::rewrite_document(ctx, plugin, record).await? {
+                Some(document) => index::document_response(ctx, plugin, document, source)
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            };
         }
     }
     let etag = etag(record);
@@ -714,171 +475,8 @@ async fn serve_record(
         .map_err(AppError::internal)
 }
 
-async fn rewrite(
-    ctx: &Ctx,
-    plugin: &Arc<LoadedPlugin>,
-    record: &ObjectRecord,
-    digest: &Digest,
-    source: &'static str,
-) -> Result<Option<Response>, AppError> {
-    let cap = ctx.app.plugins.limits().index_size;
-    if record.size > cap {
-        return Err(AppError::new(
-            StatusCode::BAD_GATEWAY,
-            "INDEX_TOO_LARGE",
-            format!(
-                "the index document is {} bytes, over the {cap} byte limit",
-                record.size
-            ),
-        ));
-    }
-    let Some(bytes) = ctx.app.storage.cas.read_capped(digest, cap).await? else {
-        return Ok(None);
-    };
-    let document = Document {
-        content_type: record.content_type.clone(),
-        body: bytes.to_vec(),
-    };
-    let outcome = ctx
-        .app
-        .plugins
-        .rewrite_index(
-            plugin,
-            ctx.scope(plugin),
-            ctx.repo_context(),
-            ctx.request_info(),
-            document,
-            IndexOptions {
-                hide_published_after: None,
-            },
-        )
-        .await;
-    let rewritten = plugin_answer(plugin, outcome)?;
-    let body = rewritten.document.body;
-    let mut response = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, rewritten.document.content_type)
-        .header(header::CONTENT_LENGTH, body.len())
-        .header(SOURCE_HEADER, source)
-        .header(PLUGIN_HEADER, plugin.label());
-    if ctx.is_head() {
-        return response
-            .body(Body::empty())
-            .map(Some)
-            .map_err(AppError::internal);
-    }
-    response = response.header(header::CACHE_CONTROL, "no-cache");
-    response
-        .body(Body::from(body))
-        .map(Some)
-        .map_err(AppError::internal)
-}
-
 fn system_time(secs: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64)
-}
-
-/// `PUT`: stores the body under the path, verifying `X-Checksum-Sha256` and
-/// `Content-Length` when sent.
-async fn upload(ctx: &Ctx, body: Body) -> Result<Response, AppError> {
-    let path = &ctx.target.path;
-    if path.is_empty() || path.ends_with('/') {
-        return Err(AppError::bad_request("a file path is required"));
-    }
-    let decision = decide(ctx).await?;
-    let expected =
-        match ctx.headers.get(CHECKSUM_HEADER) {
-            Some(value) => Some(value.to_str().ok().and_then(Digest::parse).ok_or_else(|| {
-                AppError::bad_request(format!("{CHECKSUM_HEADER} is not a sha256"))
-            })?),
-            None => None,
-        };
-    let declared: Option<u64> = ctx
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let storage = &ctx.app.storage;
-    let mut spool = storage.cas.spool().await.map_err(AppError::internal)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            AppError::new(
-                StatusCode::BAD_REQUEST,
-                "UPLOAD_INCOMPLETE",
-                format!("the upload broke off: {e}"),
-            )
-        })?;
-        spool.append(&chunk).await.map_err(AppError::internal)?;
-    }
-    let finished = spool.finish().await.map_err(AppError::internal)?;
-    if let Some(declared) = declared.filter(|d| *d != finished.size) {
-        return Err(AppError::new(
-            StatusCode::BAD_REQUEST,
-            "UPLOAD_INCOMPLETE",
-            format!("received {} of {declared} bytes", finished.size),
-        ));
-    }
-    if let Some(expected) = expected.filter(|d| *d != finished.digest) {
-        return Err(AppError::new(
-            StatusCode::BAD_REQUEST,
-            "DIGEST_MISMATCH",
-            format!("the body's digest is {}, not {expected}", finished.digest),
-        ));
-    }
-    let size = finished.size;
-    let digest = storage.cas.commit(finished).await?;
-    let content_type = ctx
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or(decision.content_type)
-        .unwrap_or_else(|| "application/octet-stream".into());
-    let record = ObjectRecord {
-        repo: ctx.repo.name.clone(),
-        path: decision.key,
-        digest: digest.hex(),
-        size,
-        content_type,
-        origin: Origin::Local,
-        mutable: decision.mutable,
-        stored_at: now_secs(),
-        expires_at: None,
-        upstream_etag: None,
-        upstream_last_modified: None,
-    };
-    storage.meta.put(&record).await?;
-    tracing::info!(repo = %record.repo, path = %record.path, digest = %digest, size, "stored upload");
-    let body = json!({
-        "repo": record.repo,
-        "path": record.path,
-        "sha256": digest.hex(),
-        "digest": digest.to_string(),
-        "size": size,
-    });
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
-}
-
-/// `DELETE`: removes the path from a local repository.
-async fn delete(ctx: &Ctx) -> Result<Response, AppError> {
-    let decision = decide(ctx).await?;
-    match ctx
-        .app
-        .storage
-        .meta
-        .delete(&ctx.repo.name, &decision.key)
-        .await?
-    {
-        Some(record) => {
-            tracing::info!(repo = %record.repo, path = %record.path, "deleted");
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        None => Err(AppError::not_found(format!(
-            "{} is not in repository {}",
-            ctx.target.path, ctx.repo.name
-        ))),
-    }
 }
 
 #[cfg(test)]

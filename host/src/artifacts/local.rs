@@ -1,0 +1,115 @@
+//! Local repositories: uploads and deletes.
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::json;
+
+use super::{decide, Ctx, CHECKSUM_HEADER};
+use crate::error::AppError;
+use crate::storage::{Digest, ObjectRecord, Origin};
+use crate::util::now_secs;
+
+/// `PUT`: stores the body under the path, verifying `X-Checksum-Sha256` and
+/// `Content-Length` when sent.
+pub(super) async fn upload(ctx: &Ctx, body: Body) -> Result<Response, AppError> {
+    let path = &ctx.target.path;
+    if path.is_empty() || path.ends_with('/') {
+        return Err(AppError::bad_request("a file path is required"));
+    }
+    let decision = decide(ctx).await?;
+    let expected =
+        match ctx.headers.get(CHECKSUM_HEADER) {
+            Some(value) => Some(value.to_str().ok().and_then(Digest::parse).ok_or_else(|| {
+                AppError::bad_request(format!("{CHECKSUM_HEADER} is not a sha256"))
+            })?),
+            None => None,
+        };
+    let declared: Option<u64> = ctx
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let storage = &ctx.app.storage;
+    let mut spool = storage.cas.spool().await.map_err(AppError::internal)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            AppError::new(
+                StatusCode::BAD_REQUEST,
+                "UPLOAD_INCOMPLETE",
+                format!("the upload broke off: {e}"),
+            )
+        })?;
+        spool.append(&chunk).await.map_err(AppError::internal)?;
+    }
+    let finished = spool.finish().await.map_err(AppError::internal)?;
+    if let Some(declared) = declared.filter(|d| *d != finished.size) {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "UPLOAD_INCOMPLETE",
+            format!("received {} of {declared} bytes", finished.size),
+        ));
+    }
+    if let Some(expected) = expected.filter(|d| *d != finished.digest) {
+        return Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_MISMATCH",
+            format!("the body's digest is {}, not {expected}", finished.digest),
+        ));
+    }
+    let size = finished.size;
+    let digest = storage.cas.commit(finished).await?;
+    let content_type = ctx
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(decision.content_type)
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let record = ObjectRecord {
+        repo: ctx.repo.name.clone(),
+        path: decision.key,
+        digest: digest.hex(),
+        size,
+        content_type,
+        origin: Origin::Local,
+        mutable: decision.mutable,
+        stored_at: now_secs(),
+        expires_at: None,
+        upstream_etag: None,
+        upstream_last_modified: None,
+    };
+    storage.meta.put(&record).await?;
+    tracing::info!(repo = %record.repo, path = %record.path, digest = %digest, size, "stored upload");
+    let body = json!({
+        "repo": record.repo,
+        "path": record.path,
+        "sha256": digest.hex(),
+        "digest": digest.to_string(),
+        "size": size,
+    });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+/// `DELETE`: removes the path from a local repository.
+pub(super) async fn delete(ctx: &Ctx) -> Result<Response, AppError> {
+    let decision = decide(ctx).await?;
+    match ctx
+        .app
+        .storage
+        .meta
+        .delete(&ctx.repo.name, &decision.key)
+        .await?
+    {
+        Some(record) => {
+            tracing::info!(repo = %record.repo, path = %record.path, "deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        None => Err(AppError::not_found(format!(
+            "{} is not in repository {}",
+            ctx.target.path, ctx.repo.name
+        ))),
+    }
+}

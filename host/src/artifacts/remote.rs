@@ -1,0 +1,314 @@
+//! Remote repositories: serve from the cache while fresh, otherwise fill it
+//! from the upstream (one fetch per object) and stream the body through.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+
+use super::{plugin_answer, serve_record, Ctx, Decision, PLUGIN_HEADER, SOURCE_HEADER};
+use crate::error::AppError;
+use crate::fill::{Fill, FillError, FillJob, FillState};
+use crate::storage::{Digest, ObjectRecord, Origin};
+use crate::util::now_secs;
+
+fn fresh(record: &ObjectRecord, now: i64) -> bool {
+    record.expires_at.is_none_or(|at| at > now)
+}
+
+/// Answers a GET or HEAD on a remote repository.
+pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
+    let existing = ctx
+        .app
+        .storage
+        .meta
+        .get(&ctx.repo.name, &decision.key)
+        .await?;
+    if let Some(record) = &existing {
+        if fresh(record, now_secs()) || ctx.is_head() {
+            if let Some(response) = serve_record(ctx, decision, record, "cache").await? {
+                return Ok(response);
+            }
+        }
+    }
+    if decision.rewrite {
+        let (record, source, stale) = remote_record(ctx, decision).await?;
+        let mut response = serve_record(ctx, decision, &record, source)
+            .await?
+            .ok_or_else(|| AppError::internal("object vanished after its fill"))?;
+        if stale {
+            mark_stale(&mut response);
+        }
+        return Ok(response);
+    }
+    if ctx.is_head() {
+        let (url, headers) = upstream_request(ctx, decision).await?;
+        return head_upstream(ctx, decision, &url, &headers).await;
+    }
+    let fill = start_fill(ctx, decision).await?;
+    match fill.started().await {
+        FillState::Streaming { .. } => {
+            let head = fill.head().cloned();
+            let content_type = head
+                .as_ref()
+                .and_then(|h| h.content_type.clone())
+                .or_else(|| decision.content_type.clone())
+                .unwrap_or_else(|| "application/octet-stream".into());
+            let mut builder = Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, content_type)
+                .header(SOURCE_HEADER, "remote");
+            if let Some(len) = head.and_then(|h| h.content_length) {
+                builder = builder.header(header::CONTENT_LENGTH, len);
+            }
+            if let Some(plugin) = &decision.plugin {
+                builder = builder.header(PLUGIN_HEADER, plugin.label());
+            }
+            builder
+                .body(Body::from_stream(fill.body()))
+                .map_err(AppError::internal)
+        }
+        FillState::Done { record } => serve_record(ctx, decision, &record, "remote")
+            .await?
+            .ok_or_else(|| AppError::internal("object vanished after its fill")),
+        FillState::Failed(e) => match usable_stale(ctx, existing.as_ref(), &e) {
+            Some(record) => {
+                let mut response = serve_record(ctx, decision, record, "cache")
+                    .await?
+                    .ok_or_else(|| upstream_error(ctx, &e))?;
+                mark_stale(&mut response);
+                Ok(response)
+            }
+            None => Err(upstream_error(ctx, &e)),
+        },
+        FillState::Connecting => Err(AppError::internal("fill reported no progress")),
+    }
+}
+
+/// The stored record of a remote object, fetching it first unless a fresh
+/// copy is stored: (record, `cache` or `remote`, whether it is a stale copy
+/// served because the upstream failed).
+pub(super) async fn remote_record(
+    ctx: &Ctx,
+    decision: &Decision,
+) -> Result<(ObjectRecord, &'static str, bool), AppError> {
+    let storage = &ctx.app.storage;
+    let existing = storage.meta.get(&ctx.repo.name, &decision.key).await?;
+    if let Some(record) = &existing {
+        let present = match Digest::parse(&record.digest) {
+            Some(digest) => storage.cas.size(&digest).await?.is_some(),
+            None => false,
+        };
+        if present && fresh(record, now_secs()) {
+            return Ok((record.clone(), "cache", false));
+        }
+    }
+    let fill = start_fill(ctx, decision).await?;
+    match fill.finished().await {
+        Ok(record) => Ok((record, "remote", false)),
+        Err(e) => match usable_stale(ctx, existing.as_ref(), &e) {
+            Some(record) => Ok((record.clone(), "cache", true)),
+            None => Err(upstream_error(ctx, &e)),
+        },
+    }
+}
+
+/// Joins the fill of this object, or starts one.
+async fn start_fill(ctx: &Ctx, decision: &Decision) -> Result<Arc<Fill>, AppError> {
+    let (url, headers) = upstream_request(ctx, decision).await?;
+    let ttl = if decision.mutable {
+        Some(ctx.repo.entry.cache.mutable_ttl)
+    } else {
+        Some(ctx.repo.entry.cache.immutable_ttl).filter(|ttl| *ttl > 0)
+    };
+    let job = FillJob {
+        storage: ctx.app.storage.clone(),
+        client: ctx.app.http.clone(),
+        url,
+        headers,
+        record: ObjectRecord {
+            repo: ctx.repo.name.clone(),
+            path: decision.key.clone(),
+            digest: String::new(),
+            size: 0,
+            content_type: decision
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into()),
+            origin: Origin::Remote,
+            mutable: decision.mutable,
+            stored_at: now_secs(),
+            expires_at: None,
+            upstream_etag: None,
+            upstream_last_modified: None,
+        },
+        ttl,
+        expected: None,
+    };
+    Ok(ctx
+        .app
+        .fills
+        .join_or_start(format!("{}/{}", ctx.repo.name, decision.key), job))
+}
+
+/// The upstream URL and headers for a request: the plugin's, or
+/// `base_url/path` for generic repositories.
+async fn upstream_request(
+    ctx: &Ctx,
+    decision: &Decision,
+) -> Result<(String, Vec<(String, String)>), AppError> {
+    let base = ctx
+        .repo
+        .base_url
+        .as_deref()
+        .ok_or_else(|| AppError::internal("remote repository without base_url"))?;
+    let (url, mut headers) = match &decision.plugin {
+        None => {
+            let mut url = format!("{base}/{}", ctx.target.raw_path);
+            if !ctx.target.query.is_empty() {
+                url.push('?');
+                url.push_str(&ctx.target.query);
+            }
+            (url, Vec::new())
+        }
+        Some(plugin) => {
+            let outcome = ctx
+                .app
+                .plugins
+                .prepare_upstream(
+                    plugin,
+                    ctx.scope(plugin),
+                    ctx.repo_context(),
+                    ctx.request_info(),
+                )
+                .await;
+            let request = plugin_answer(plugin, outcome)?;
+            let allowed = crate::config::origin_of(&request.url)
+                .is_some_and(|origin| ctx.repo.upstream_origins().contains(&origin));
+            if !allowed {
+                return Err(AppError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "PLUGIN_FAILED",
+                    format!(
+                        "plugin {} asked for {:?}, which is not an upstream of repository {}",
+                        plugin.label(),
+                        request.url,
+                        ctx.repo.name
+                    ),
+                ));
+            }
+            let headers = request
+                .headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect();
+            (request.url, headers)
+        }
+    };
+    if let (Some(user), Some(password)) = (&ctx.repo.entry.username, &ctx.repo.entry.password) {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        headers.push(("authorization".into(), format!("Basic {token}")));
+    }
+    Ok((url, headers))
+}
+
+/// A HEAD for an object not in the cache: asks the upstream, stores nothing.
+async fn head_upstream(
+    ctx: &Ctx,
+    decision: &Decision,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<Response, AppError> {
+    let mut request = ctx.app.http.head(url);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let upstream = request
+        .send()
+        .await
+        .map_err(|e| upstream_error(ctx, &FillError::Unreachable(e.to_string())))?;
+    let status = upstream.status().as_u16();
+    if status != 200 {
+        return Err(upstream_error(ctx, &FillError::Status(status)));
+    }
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(SOURCE_HEADER, "remote");
+    let content_type = upstream
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .or_else(|| {
+            decision
+                .content_type
+                .as_deref()
+                .and_then(|t| HeaderValue::from_str(t).ok())
+        })
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    builder = builder.header(header::CONTENT_TYPE, content_type);
+    for name in [header::CONTENT_LENGTH, header::LAST_MODIFIED] {
+        if let Some(value) = upstream.headers().get(&name) {
+            builder = builder.header(name, value);
+        }
+    }
+    if let Some(plugin) = &decision.plugin {
+        builder = builder.header(PLUGIN_HEADER, plugin.label());
+    }
+    builder.body(Body::empty()).map_err(AppError::internal)
+}
+
+fn upstream_error(ctx: &Ctx, error: &FillError) -> AppError {
+    let repo = &ctx.repo.name;
+    let path = &ctx.target.path;
+    match error {
+        FillError::Status(404 | 410) => AppError::not_found(format!(
+            "{path} was not found upstream of repository {repo}"
+        )),
+        FillError::Status(status) => AppError::new(
+            StatusCode::BAD_GATEWAY,
+            "UPSTREAM_ERROR",
+            format!("the upstream of repository {repo} answered {status} for {path}"),
+        ),
+        FillError::Unreachable(e) => AppError::new(
+            StatusCode::BAD_GATEWAY,
+            "UPSTREAM_UNREACHABLE",
+            format!("the upstream of repository {repo} is unreachable: {e}"),
+        ),
+        FillError::Broken(e) => AppError::new(
+            StatusCode::BAD_GATEWAY,
+            "UPSTREAM_ERROR",
+            format!("fetching {path} for repository {repo} failed: {e}"),
+        ),
+    }
+}
+
+/// The stored copy to serve after a failed fill: only when the upstream is
+/// down (unreachable, 5xx, 429), never for a 404 or a broken body.
+fn usable_stale<'a>(
+    ctx: &Ctx,
+    existing: Option<&'a ObjectRecord>,
+    error: &FillError,
+) -> Option<&'a ObjectRecord> {
+    let upstream_down = match error {
+        FillError::Unreachable(_) => true,
+        FillError::Status(status) => *status == 429 || *status >= 500,
+        FillError::Broken(_) => false,
+    };
+    let record = existing.filter(|_| upstream_down)?;
+    tracing::warn!(
+        repo = %ctx.repo.name,
+        path = %ctx.target.path,
+        error = %error,
+        "serving a stale copy: the upstream is failing"
+    );
+    Some(record)
+}
+
+fn mark_stale(response: &mut Response) {
+    response.headers_mut().insert(
+        header::WARNING,
+        HeaderValue::from_static("110 artifactapi \"Response is Stale\""),
+    );
+}
