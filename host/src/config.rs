@@ -49,9 +49,12 @@ pub struct CacheEntry {
     /// Lifetime of immutable objects; 0 keeps them forever.
     #[serde(default)]
     pub immutable_ttl: u64,
-    /// Lifetime of mutable objects (indexes, tags) before they are fetched again.
+    /// Lifetime of mutable objects (indexes, tags) before they are revalidated.
     #[serde(default = "default_mutable_ttl")]
     pub mutable_ttl: u64,
+    /// How long an upstream 404 is remembered; 0 turns it off.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: u64,
 }
 
 impl Default for CacheEntry {
@@ -59,12 +62,17 @@ impl Default for CacheEntry {
         CacheEntry {
             immutable_ttl: 0,
             mutable_ttl: default_mutable_ttl(),
+            negative_ttl: default_negative_ttl(),
         }
     }
 }
 
 fn default_mutable_ttl() -> u64 {
     3600
+}
+
+fn default_negative_ttl() -> u64 {
+    30
 }
 
 /// One repository as written in remotes.yaml.

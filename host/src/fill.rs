@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED};
+use reqwest::header::{
+    HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+};
 use tokio::sync::watch;
 
 use crate::storage::cas::{read_at, READ_CHUNK};
@@ -169,6 +171,11 @@ pub struct FillJob {
     pub record: ObjectRecord,
     /// Seconds the object stays fresh once stored; None: forever.
     pub ttl: Option<u64>,
+    /// An expired copy to revalidate: its validators go upstream as
+    /// `If-None-Match`/`If-Modified-Since`, and a 304 refreshes it.
+    pub revalidate: Option<ObjectRecord>,
+    /// How long an upstream 404 is remembered; None: not at all.
+    pub negative_ttl: Option<Duration>,
     /// A digest the body must have, when the path names one.
     pub expected: Option<Digest>,
 }
@@ -235,6 +242,11 @@ impl Drop for Entry {
     }
 }
 
+/// The cache key under which an upstream 404 for an object is remembered.
+pub fn negative_key(repo: &str, key: &str) -> String {
+    format!("negative/{repo}/{key}")
+}
+
 fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_string)
 }
@@ -262,12 +274,38 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
     for (name, value) in &job.headers {
         request = request.header(name, value);
     }
+    if let Some(stale) = &job.revalidate {
+        if let Some(etag) = &stale.upstream_etag {
+            request = request.header(IF_NONE_MATCH, etag);
+        }
+        if let Some(modified) = &stale.upstream_last_modified {
+            request = request.header(IF_MODIFIED_SINCE, modified);
+        }
+    }
     let response = request
         .send()
         .await
         .map_err(|e| FillError::Unreachable(e.to_string()))?;
     let status = response.status().as_u16();
+    if let (304, Some(stale)) = (status, &job.revalidate) {
+        let refreshed = ObjectRecord {
+            expires_at: job.ttl.map(|ttl| started + ttl as i64),
+            ..stale.clone()
+        };
+        job.storage
+            .meta
+            .put(&refreshed)
+            .await
+            .map_err(|e| FillError::Broken(format!("metadata: {e:#}")))?;
+        return Ok(refreshed);
+    }
     if status != 200 {
+        if let (404 | 410, Some(ttl)) = (status, job.negative_ttl) {
+            let key = negative_key(&job.record.repo, &job.record.path);
+            if let Err(e) = job.storage.cache.set(&key, Bytes::new(), ttl).await {
+                tracing::warn!(error = %e, "cannot remember an upstream 404");
+            }
+        }
         return Err(FillError::Status(status));
     }
     let headers = response.headers().clone();

@@ -453,9 +453,30 @@ async fn serve_record(
             .map(Some)
             .map_err(AppError::internal);
     }
-    builder = builder
-        .status(StatusCode::OK)
-        .header(header::CONTENT_LENGTH, record.size);
+    builder = builder.header(header::ACCEPT_RANGES, "bytes");
+    let range = match requested_range(&ctx.headers, &etag, record.size) {
+        Ok(range) => range,
+        Err(()) => {
+            return builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{}", record.size))
+                .body(Body::empty())
+                .map(Some)
+                .map_err(AppError::internal);
+        }
+    };
+    builder = match &range {
+        Some(range) => builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", range.start, range.end - 1, record.size),
+            )
+            .header(header::CONTENT_LENGTH, range.end - range.start),
+        None => builder
+            .status(StatusCode::OK)
+            .header(header::CONTENT_LENGTH, record.size),
+    };
     if ctx.is_head() {
         if ctx.app.storage.cas.size(&digest).await?.is_none() {
             return Ok(None);
@@ -465,7 +486,7 @@ async fn serve_record(
             .map(Some)
             .map_err(AppError::internal);
     }
-    let Some(body) = ctx.app.storage.cas.open(&digest, None).await? else {
+    let Some(body) = ctx.app.storage.cas.open(&digest, range).await? else {
         tracing::warn!(repo = %record.repo, path = %record.path, digest = %digest, "recorded blob is missing; fetching again");
         return Ok(None);
     };
@@ -473,6 +494,60 @@ async fn serve_record(
         .body(Body::from_stream(body.into_stream()))
         .map(Some)
         .map_err(AppError::internal)
+}
+
+/// The byte range a `Range` header asks of an object of `size` bytes: None
+/// for the whole object (no header, several ranges, another unit, or an
+/// `If-Range` that no longer matches), Err when nothing of it can be sent.
+fn requested_range(
+    headers: &HeaderMap,
+    etag: &str,
+    size: u64,
+) -> Result<Option<std::ops::Range<u64>>, ()> {
+    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    if let Some(if_range) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        if if_range.trim() != etag {
+            return Ok(None);
+        }
+    }
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let range = if first.is_empty() {
+        let Ok(suffix) = last.parse::<u64>() else {
+            return Ok(None);
+        };
+        if suffix == 0 {
+            return Err(());
+        }
+        size.saturating_sub(suffix)..size
+    } else {
+        let Ok(start) = first.parse::<u64>() else {
+            return Ok(None);
+        };
+        let end = if last.is_empty() {
+            size
+        } else {
+            match last.parse::<u64>() {
+                Ok(last) if last >= start => (last + 1).min(size),
+                _ => return Ok(None),
+            }
+        };
+        start..end
+    };
+    if range.start >= size {
+        return Err(());
+    }
+    Ok(Some(range))
 }
 
 fn system_time(secs: i64) -> std::time::SystemTime {
@@ -502,6 +577,28 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad} accepted"));
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
         }
+    }
+
+    #[test]
+    fn ranges() {
+        let ask = |range: &str, if_range: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RANGE, range.parse().unwrap());
+            if let Some(tag) = if_range {
+                headers.insert(header::IF_RANGE, tag.parse().unwrap());
+            }
+            requested_range(&headers, "\"sha256:x\"", 100)
+        };
+        assert_eq!(ask("bytes=0-9", None), Ok(Some(0..10)));
+        assert_eq!(ask("bytes=90-", None), Ok(Some(90..100)));
+        assert_eq!(ask("bytes=-5", None), Ok(Some(95..100)));
+        assert_eq!(ask("bytes=50-500", None), Ok(Some(50..100)));
+        assert_eq!(ask("bytes=100-", None), Err(()));
+        assert_eq!(ask("bytes=0-1,5-6", None), Ok(None));
+        assert_eq!(ask("items=0-1", None), Ok(None));
+        assert_eq!(ask("bytes=5-1", None), Ok(None));
+        assert_eq!(ask("bytes=0-9", Some("\"other\"")), Ok(None));
+        assert_eq!(ask("bytes=0-9", Some("\"sha256:x\"")), Ok(Some(0..10)));
     }
 
     #[test]

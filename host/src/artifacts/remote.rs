@@ -2,6 +2,7 @@
 //! from the upstream (one fetch per object) and stream the body through.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -9,7 +10,7 @@ use axum::response::Response;
 
 use super::{plugin_answer, serve_record, Ctx, Decision, PLUGIN_HEADER, SOURCE_HEADER};
 use crate::error::AppError;
-use crate::fill::{Fill, FillError, FillJob, FillState};
+use crate::fill::{negative_key, Fill, FillError, FillJob, FillState};
 use crate::storage::{Digest, ObjectRecord, Origin};
 use crate::util::now_secs;
 
@@ -19,7 +20,7 @@ fn fresh(record: &ObjectRecord, now: i64) -> bool {
 
 /// Answers a GET or HEAD on a remote repository.
 pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
-    let existing = ctx
+    let mut existing = ctx
         .app
         .storage
         .meta
@@ -27,8 +28,10 @@ pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Respon
         .await?;
     if let Some(record) = &existing {
         if fresh(record, now_secs()) || ctx.is_head() {
-            if let Some(response) = serve_record(ctx, decision, record, "cache").await? {
-                return Ok(response);
+            match serve_record(ctx, decision, record, "cache").await? {
+                Some(response) => return Ok(response),
+                // The blob is gone: fetch it again rather than revalidate.
+                None => existing = None,
             }
         }
     }
@@ -43,10 +46,11 @@ pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Respon
         return Ok(response);
     }
     if ctx.is_head() {
+        refuse_if_missing_upstream(ctx, decision).await?;
         let (url, headers) = upstream_request(ctx, decision).await?;
         return head_upstream(ctx, decision, &url, &headers).await;
     }
-    let fill = start_fill(ctx, decision).await?;
+    let fill = start_fill(ctx, decision, existing.as_ref()).await?;
     match fill.started().await {
         FillState::Streaming { .. } => {
             let head = fill.head().cloned();
@@ -69,9 +73,11 @@ pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Respon
                 .body(Body::from_stream(fill.body()))
                 .map_err(AppError::internal)
         }
-        FillState::Done { record } => serve_record(ctx, decision, &record, "remote")
-            .await?
-            .ok_or_else(|| AppError::internal("object vanished after its fill")),
+        FillState::Done { record } => {
+            serve_record(ctx, decision, &record, source(existing.as_ref(), &record))
+                .await?
+                .ok_or_else(|| AppError::internal("object vanished after its fill"))
+        }
         FillState::Failed(e) => match usable_stale(ctx, existing.as_ref(), &e) {
             Some(record) => {
                 let mut response = serve_record(ctx, decision, record, "cache")
@@ -94,19 +100,24 @@ pub(super) async fn remote_record(
     decision: &Decision,
 ) -> Result<(ObjectRecord, &'static str, bool), AppError> {
     let storage = &ctx.app.storage;
-    let existing = storage.meta.get(&ctx.repo.name, &decision.key).await?;
+    let mut existing = storage.meta.get(&ctx.repo.name, &decision.key).await?;
     if let Some(record) = &existing {
         let present = match Digest::parse(&record.digest) {
             Some(digest) => storage.cas.size(&digest).await?.is_some(),
             None => false,
         };
-        if present && fresh(record, now_secs()) {
+        if !present {
+            existing = None;
+        } else if fresh(record, now_secs()) {
             return Ok((record.clone(), "cache", false));
         }
     }
-    let fill = start_fill(ctx, decision).await?;
+    let fill = start_fill(ctx, decision, existing.as_ref()).await?;
     match fill.finished().await {
-        Ok(record) => Ok((record, "remote", false)),
+        Ok(record) => {
+            let source = source(existing.as_ref(), &record);
+            Ok((record, source, false))
+        }
         Err(e) => match usable_stale(ctx, existing.as_ref(), &e) {
             Some(record) => Ok((record.clone(), "cache", true)),
             None => Err(upstream_error(ctx, &e)),
@@ -114,13 +125,44 @@ pub(super) async fn remote_record(
     }
 }
 
-/// Joins the fill of this object, or starts one.
-async fn start_fill(ctx: &Ctx, decision: &Decision) -> Result<Arc<Fill>, AppError> {
-    let (url, headers) = upstream_request(ctx, decision).await?;
-    let ttl = if decision.mutable {
-        Some(ctx.repo.entry.cache.mutable_ttl)
+/// `cache` when a fill only revalidated the copy already stored.
+fn source(existing: Option<&ObjectRecord>, record: &ObjectRecord) -> &'static str {
+    let same = existing
+        .is_some_and(|old| old.digest == record.digest && old.stored_at == record.stored_at);
+    if same {
+        "cache"
     } else {
-        Some(ctx.repo.entry.cache.immutable_ttl).filter(|ttl| *ttl > 0)
+        "remote"
+    }
+}
+
+/// 404 without asking the upstream when it said 404 for this object lately.
+async fn refuse_if_missing_upstream(ctx: &Ctx, decision: &Decision) -> Result<(), AppError> {
+    let key = negative_key(&ctx.repo.name, &decision.key);
+    if ctx.app.storage.cache.get(&key).await?.is_some() {
+        return Err(upstream_error(ctx, &FillError::Status(404)));
+    }
+    Ok(())
+}
+
+/// Joins the fill of this object, or starts one; `existing` is an expired
+/// copy to revalidate.
+async fn start_fill(
+    ctx: &Ctx,
+    decision: &Decision,
+    existing: Option<&ObjectRecord>,
+) -> Result<Arc<Fill>, AppError> {
+    refuse_if_missing_upstream(ctx, decision).await?;
+    let (url, headers) = upstream_request(ctx, decision).await?;
+    let cache = &ctx.repo.entry.cache;
+    let revalidate = existing
+        .filter(|_| ctx.repo.entry.check_mutable_updates != Some(false))
+        .filter(|old| old.upstream_etag.is_some() || old.upstream_last_modified.is_some())
+        .cloned();
+    let ttl = if decision.mutable {
+        Some(cache.mutable_ttl)
+    } else {
+        Some(cache.immutable_ttl).filter(|ttl| *ttl > 0)
     };
     let job = FillJob {
         storage: ctx.app.storage.clone(),
@@ -144,6 +186,8 @@ async fn start_fill(ctx: &Ctx, decision: &Decision) -> Result<Arc<Fill>, AppErro
             upstream_last_modified: None,
         },
         ttl,
+        revalidate,
+        negative_ttl: Some(Duration::from_secs(cache.negative_ttl)).filter(|t| !t.is_zero()),
         expected: None,
     };
     Ok(ctx

@@ -343,3 +343,106 @@ async fn management_endpoints() {
         .collect();
     assert_eq!(names, ["both", "files", "uploads"]);
 }
+
+#[tokio::test]
+async fn expired_copies_are_revalidated_with_conditional_requests() {
+    let (upstream, server) = setup().await;
+    upstream.put("latest.json", "v1");
+    let url = server.url("/api/v1/remote/files/etag/latest.json");
+    let first = client().get(&url).send().await.unwrap();
+    assert_eq!(header(first.headers(), "x-artifact-source"), "remote");
+    assert_eq!(first.text().await.unwrap(), "v1");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let revalidated = client().get(&url).send().await.unwrap();
+    assert_eq!(
+        header(revalidated.headers(), "x-artifact-source"),
+        "cache",
+        "a 304 refreshes the stored copy"
+    );
+    assert_eq!(revalidated.text().await.unwrap(), "v1");
+    assert_eq!(upstream.hits("etag/latest.json"), 2);
+    let fresh = client().get(&url).send().await.unwrap();
+    assert_eq!(header(fresh.headers(), "x-artifact-source"), "cache");
+    assert_eq!(
+        upstream.hits("etag/latest.json"),
+        2,
+        "fresh again after the 304"
+    );
+
+    upstream.put("latest.json", "v2");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let changed = client().get(&url).send().await.unwrap();
+    assert_eq!(header(changed.headers(), "x-artifact-source"), "remote");
+    assert_eq!(changed.text().await.unwrap(), "v2");
+}
+
+#[tokio::test]
+async fn upstream_404s_are_remembered_for_a_while() {
+    let (upstream, server) = setup().await;
+    let url = server.url("/api/v1/remote/files/files/missing.whl");
+    for _ in 0..3 {
+        assert_eq!(client().get(&url).send().await.unwrap().status(), 404);
+    }
+    assert_eq!(upstream.hits("files/missing.whl"), 1);
+}
+
+#[tokio::test]
+async fn ranges_and_resumed_downloads() {
+    let (upstream, server) = setup().await;
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    upstream.put("blob.bin", data.clone());
+    let url = server.url("/api/v1/remote/files/files/blob.bin");
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+
+    let part = client()
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        header(part.headers(), "content-range"),
+        "bytes 10-19/100000"
+    );
+    assert_eq!(part.bytes().await.unwrap(), data[10..20]);
+    let tail = client()
+        .get(&url)
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.bytes().await.unwrap(), data[99_995..]);
+    let beyond = client()
+        .get(&url)
+        .header("range", "bytes=100000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), 416);
+    assert_eq!(header(beyond.headers(), "content-range"), "bytes */100000");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("blob.bin");
+    std::fs::write(&out, &data[..30_000]).unwrap();
+    let status = tokio::process::Command::new("curl")
+        .args(["-sS", "-f", "-C", "-", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .status()
+        .await
+        .expect("curl runs");
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        data,
+        "curl -C - resumed the download"
+    );
+}
