@@ -71,6 +71,8 @@ pub struct FillHead {
     pub content_type: Option<String>,
     /// Content-Length, if sent.
     pub content_length: Option<u64>,
+    /// Last-Modified, if sent.
+    pub last_modified: Option<String>,
 }
 
 /// One fill in flight.
@@ -313,6 +315,7 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
     let _ = fill.head.set(FillHead {
         content_type: header_str(&headers, CONTENT_TYPE),
         content_length,
+        last_modified: header_str(&headers, LAST_MODIFIED),
     });
     let mut spool = job
         .storage

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use percent_encoding::percent_decode_str;
 
@@ -406,11 +406,20 @@ fn etag(record: &ObjectRecord) -> String {
     format!("\"sha256:{}\"", record.digest)
 }
 
-fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+/// Whether the client's copy is current: `If-None-Match` decides when sent,
+/// else `If-Modified-Since` against `last_modified`.
+fn not_modified(headers: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(tags) = text(header::IF_NONE_MATCH) {
+        return tags.split(',').any(|t| t.trim() == etag || t.trim() == "*");
+    }
+    let since = text(header::IF_MODIFIED_SINCE).and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = httpdate::parse_http_date(last_modified).ok();
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
 /// Serves a stored object, through the plugin's rewrite if it is an index.
@@ -438,6 +447,7 @@ async fn serve_record(
         .upstream_last_modified
         .clone()
         .unwrap_or_else(|| httpdate::fmt_http_date(system_time(record.stored_at)));
+    let fresh_for_client = not_modified(&ctx.headers, &etag, &last_modified);
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, &record.content_type)
         .header(header::ETAG, &etag)
@@ -446,7 +456,7 @@ async fn serve_record(
     if let Some(plugin) = &decision.plugin {
         builder = builder.header(PLUGIN_HEADER, plugin.label());
     }
-    if not_modified(&ctx.headers, &etag) {
+    if fresh_for_client {
         return builder
             .status(StatusCode::NOT_MODIFIED)
             .body(Body::empty())

@@ -14,8 +14,37 @@ use crate::fill::{negative_key, Fill, FillError, FillJob, FillState};
 use crate::storage::{Digest, ObjectRecord, Origin};
 use crate::util::now_secs;
 
+/// How long a failing upstream is left alone while stale copies are served.
+const STALE_BACKOFF: Duration = Duration::from_secs(10);
+
 fn fresh(record: &ObjectRecord, now: i64) -> bool {
     record.expires_at.is_none_or(|at| at > now)
+}
+
+fn backoff_key(repo: &str, key: &str) -> String {
+    format!("backoff/{repo}/{key}")
+}
+
+/// What to do with a stored copy.
+#[derive(PartialEq)]
+enum Standing {
+    /// Serve it: it is fresh.
+    Fresh,
+    /// Serve it as stale: it expired while its upstream is in back-off.
+    Stale,
+    /// Ask the upstream.
+    Expired,
+}
+
+async fn standing(ctx: &Ctx, record: &ObjectRecord) -> Result<Standing, AppError> {
+    if fresh(record, now_secs()) {
+        return Ok(Standing::Fresh);
+    }
+    let key = backoff_key(&ctx.repo.name, &record.path);
+    Ok(match ctx.app.storage.cache.get(&key).await? {
+        Some(_) => Standing::Stale,
+        None => Standing::Expired,
+    })
 }
 
 /// Answers a GET or HEAD on a remote repository.
@@ -27,9 +56,15 @@ pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Respon
         .get(&ctx.repo.name, &decision.key)
         .await?;
     if let Some(record) = &existing {
-        if fresh(record, now_secs()) || ctx.is_head() {
+        let standing = standing(ctx, record).await?;
+        if ctx.is_head() || standing != Standing::Expired {
             match serve_record(ctx, decision, record, "cache").await? {
-                Some(response) => return Ok(response),
+                Some(mut response) => {
+                    if standing == Standing::Stale {
+                        mark_stale(&mut response);
+                    }
+                    return Ok(response);
+                }
                 // The blob is gone: fetch it again rather than revalidate.
                 None => existing = None,
             }
@@ -63,8 +98,13 @@ pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Respon
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, content_type)
                 .header(SOURCE_HEADER, "remote");
-            if let Some(len) = head.and_then(|h| h.content_length) {
-                builder = builder.header(header::CONTENT_LENGTH, len);
+            if let Some(head) = head {
+                if let Some(len) = head.content_length {
+                    builder = builder.header(header::CONTENT_LENGTH, len);
+                }
+                if let Some(modified) = head.last_modified {
+                    builder = builder.header(header::LAST_MODIFIED, modified);
+                }
             }
             if let Some(plugin) = &decision.plugin {
                 builder = builder.header(PLUGIN_HEADER, plugin.label());
@@ -108,8 +148,12 @@ pub(super) async fn remote_record(
         };
         if !present {
             existing = None;
-        } else if fresh(record, now_secs()) {
-            return Ok((record.clone(), "cache", false));
+        } else {
+            match standing(ctx, record).await? {
+                Standing::Fresh => return Ok((record.clone(), "cache", false)),
+                Standing::Stale => return Ok((record.clone(), "cache", true)),
+                Standing::Expired => {}
+            }
         }
     }
     let fill = start_fill(ctx, decision, existing.as_ref()).await?;
@@ -341,6 +385,16 @@ fn usable_stale<'a>(
         FillError::Broken(_) => false,
     };
     let record = existing.filter(|_| upstream_down)?;
+    let backoff = backoff_key(&ctx.repo.name, &record.path);
+    let cache = ctx.app.storage.cache.clone();
+    tokio::spawn(async move {
+        if let Err(e) = cache
+            .set(&backoff, bytes::Bytes::new(), STALE_BACKOFF)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record an upstream back-off");
+        }
+    });
     tracing::warn!(
         repo = %ctx.repo.name,
         path = %ctx.target.path,

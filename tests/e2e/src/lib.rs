@@ -130,6 +130,12 @@ impl Upstream {
         self.state.down.store(true, Ordering::SeqCst);
         self.task.abort();
     }
+
+    /// Makes every request answer 503 (counted under the path `down`), or
+    /// serve normally again.
+    pub fn fail(&self, failing: bool) {
+        self.state.down.store(failing, Ordering::SeqCst);
+    }
 }
 
 async fn upstream_handler(
@@ -139,6 +145,7 @@ async fn upstream_handler(
     headers: HeaderMap,
 ) -> Response {
     if state.down.load(Ordering::SeqCst) {
+        *state.hits.lock().unwrap().entry("down".into()).or_default() += 1;
         return status(StatusCode::SERVICE_UNAVAILABLE);
     }
     if method == Method::GET {

@@ -446,3 +446,30 @@ async fn ranges_and_resumed_downloads() {
         "curl -C - resumed the download"
     );
 }
+
+#[tokio::test]
+async fn a_failing_upstream_gets_a_back_off_while_stale_copies_are_served() {
+    let (upstream, server) = setup().await;
+    upstream.put("latest.txt", "v1");
+    let url = server.url("/api/v1/remote/files/files/latest.txt");
+    let first = client().get(&url).send().await.unwrap();
+    let modified = header(first.headers(), "last-modified");
+    assert_eq!(first.text().await.unwrap(), "v1");
+    let unchanged = client()
+        .get(&url)
+        .header("if-modified-since", &modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), 304);
+
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    upstream.fail(true);
+    for _ in 0..3 {
+        let stale = client().get(&url).send().await.unwrap();
+        assert_eq!(stale.status(), 200);
+        assert!(header(stale.headers(), "warning").contains("Stale"));
+        assert_eq!(stale.text().await.unwrap(), "v1");
+    }
+    assert_eq!(upstream.hits("down"), 1, "asked once, then left alone");
+}
