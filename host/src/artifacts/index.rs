@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 
+use super::quarantine;
 use super::remote::remote_record;
 use super::{decide, plugin_answer, Ctx, Decision, PLUGIN_HEADER, SOURCE_HEADER};
 use crate::config::RepoKind;
@@ -56,11 +57,13 @@ pub(super) async fn rewrite_document(
             ctx.request_info(),
             document,
             IndexOptions {
-                hide_published_after: None,
+                hide_published_after: quarantine::cutoff(ctx).map(|t| t.max(0) as u64),
             },
         )
         .await;
-    Ok(Some(plugin_answer(plugin, outcome)?.document))
+    let rewritten = plugin_answer(plugin, outcome)?;
+    quarantine::remember(ctx, &rewritten.published).await;
+    Ok(Some(rewritten.document))
 }
 
 /// A virtual repository's index: each member's document rewritten for the

@@ -3,6 +3,7 @@
 
 mod index;
 mod local;
+mod quarantine;
 mod remote;
 
 use std::sync::Arc;

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 
-use super::{plugin_answer, serve_record, Ctx, Decision, PLUGIN_HEADER, SOURCE_HEADER};
+use super::{plugin_answer, quarantine, serve_record, Ctx, Decision, PLUGIN_HEADER, SOURCE_HEADER};
 use crate::error::AppError;
 use crate::fill::{negative_key, Fill, FillError, FillJob, FillState};
 use crate::storage::{Digest, ObjectRecord, Origin};
@@ -19,6 +19,19 @@ const STALE_BACKOFF: Duration = Duration::from_secs(10);
 
 fn fresh(record: &ObjectRecord, now: i64) -> bool {
     record.expires_at.is_none_or(|at| at > now)
+}
+
+/// Refuses an immutable file still in quarantine (mutable indexes and tags
+/// never are: their entries are filtered instead).
+async fn quarantined(
+    ctx: &Ctx,
+    decision: &Decision,
+    last_modified: Option<&str>,
+) -> Result<(), AppError> {
+    if decision.mutable || decision.rewrite {
+        return Ok(());
+    }
+    quarantine::check(ctx, last_modified).await
 }
 
 fn backoff_key(repo: &str, key: &str) -> String {
@@ -58,6 +71,7 @@ pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Respon
     if let Some(record) = &existing {
         let standing = standing(ctx, record).await?;
         if ctx.is_head() || standing != Standing::Expired {
+            quarantined(ctx, decision, record.upstream_last_modified.as_deref()).await?;
             match serve_record(ctx, decision, record, "cache").await? {
                 Some(mut response) => {
                     if standing == Standing::Stale {
@@ -89,6 +103,8 @@ pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Respon
     match fill.started().await {
         FillState::Streaming { .. } => {
             let head = fill.head().cloned();
+            let modified = head.as_ref().and_then(|h| h.last_modified.as_deref());
+            quarantined(ctx, decision, modified).await?;
             let content_type = head
                 .as_ref()
                 .and_then(|h| h.content_type.clone())
@@ -114,6 +130,7 @@ pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Respon
                 .map_err(AppError::internal)
         }
         FillState::Done { record } => {
+            quarantined(ctx, decision, record.upstream_last_modified.as_deref()).await?;
             serve_record(ctx, decision, &record, source(existing.as_ref(), &record))
                 .await?
                 .ok_or_else(|| AppError::internal("object vanished after its fill"))
@@ -321,6 +338,11 @@ async fn head_upstream(
     if status != 200 {
         return Err(upstream_error(ctx, &FillError::Status(status)));
     }
+    let modified = upstream
+        .headers()
+        .get(header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok());
+    quarantined(ctx, decision, modified).await?;
     let mut builder = Response::builder()
         .status(StatusCode::OK)
         .header(SOURCE_HEADER, "remote");
