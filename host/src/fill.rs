@@ -169,7 +169,8 @@ pub struct FillJob {
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
     /// The record to write; digest, size, times and upstream validators
-    /// are filled in here.
+    /// are filled in here. Its `stored_at` is when the request began: a
+    /// record another fill stored since then is taken as it is.
     pub record: ObjectRecord,
     /// Seconds the object stays fresh once stored; None: forever.
     pub ttl: Option<u64>,
