@@ -473,3 +473,35 @@ async fn a_failing_upstream_gets_a_back_off_while_stale_copies_are_served() {
     }
     assert_eq!(upstream.hits("down"), 1, "asked once, then left alone");
 }
+
+#[tokio::test]
+async fn the_blocklist_is_checked_before_the_allowlist() {
+    let upstream = Upstream::start().await;
+    let remotes = format!(
+        "remotes:\n  guarded:\n    type: remote\n    package: generic\n    base_url: \"{}\"\n    \
+         patterns: [\"\\\\.tar\\\\.gz$\"]\n    blocklist: [\"evil\"]\n",
+        upstream.url()
+    );
+    let server = Server::start(&remotes).await;
+    let fetch = |path: &str| {
+        let url = server.url(&format!("/api/v1/remote/guarded/{path}"));
+        async move { client().get(&url).send().await.unwrap() }
+    };
+    assert_eq!(fetch("misc/good.tar.gz").await.status(), 200);
+    let blocked = fetch("misc/evil.tar.gz").await;
+    assert_eq!(blocked.status(), 403);
+    let body: serde_json::Value = blocked.json().await.unwrap();
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("blocklist pattern \"evil\""));
+    let outside = fetch("misc/tool.zip").await;
+    assert_eq!(outside.status(), 403);
+    let body: serde_json::Value = outside.json().await.unwrap();
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("include_patterns"));
+    assert_eq!(upstream.hits("misc/evil.tar.gz"), 0);
+    assert_eq!(upstream.hits("misc/tool.zip"), 0);
+}
