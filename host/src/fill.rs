@@ -179,6 +179,8 @@ pub struct FillJob {
     pub revalidate: Option<ObjectRecord>,
     /// How long an upstream 404 is remembered; None: not at all.
     pub negative_ttl: Option<Duration>,
+    /// Where the bytes fetched from the upstream are counted.
+    pub fetched: Arc<crate::stats::RepoStats>,
     /// A digest the body must have, when the path names one.
     pub expected: Option<Digest>,
 }
@@ -329,6 +331,7 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| FillError::Broken(e.to_string()))?;
+        job.fetched.add_fetched(chunk.len() as u64);
         let grew = spool
             .append(&chunk)
             .await

@@ -7,8 +7,10 @@ use std::time::Duration;
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use artifactapi::gc::{collect, schedule, GcOptions};
 use artifactapi::plugins::Limits;
 use artifactapi::server::{app, start, ServeOptions};
+use artifactapi::storage::Storage;
 
 /// A caching proxy and package repository server with WebAssembly format plugins.
 #[derive(Parser)]
@@ -33,6 +35,9 @@ enum LogFormat {
 enum Command {
     /// Serve the repositories of a remotes.yaml (log level: RUST_LOG, default info).
     Serve(ServeArgs),
+    /// Remove blobs no metadata record references, and spool files a crash
+    /// left behind; safe while a server runs on the same data folder.
+    Gc(GcArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,6 +66,29 @@ struct ServeArgs {
     /// Plugin instances that may run at once.
     #[arg(long, env = "ARTIFACTAPI_PLUGIN_INSTANCES", default_value_t = 64)]
     plugin_instances: u32,
+    /// Minutes between garbage collections of unreferenced blobs; 0 turns them off.
+    #[arg(long, env = "ARTIFACTAPI_GC_INTERVAL_MINUTES", default_value_t = 60)]
+    gc_interval_minutes: u64,
+    /// Unreferenced blobs younger than this many minutes are kept.
+    #[arg(long, env = "ARTIFACTAPI_GC_GRACE_MINUTES", default_value_t = 60)]
+    gc_grace_minutes: u64,
+}
+
+#[derive(clap::Args)]
+struct GcArgs {
+    /// The data folder of the server (blobs and the metadata database).
+    #[arg(long, env = "ARTIFACTAPI_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// Unreferenced blobs younger than this many minutes are kept.
+    #[arg(long, env = "ARTIFACTAPI_GC_GRACE_MINUTES", default_value_t = 60)]
+    gc_grace_minutes: u64,
+    /// Report what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn minutes(n: u64) -> Duration {
+    Duration::from_secs(n.saturating_mul(60))
 }
 
 fn init_logging(format: LogFormat) {
@@ -86,6 +114,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     };
     let running = start(&options).await?;
+    let _gc = (args.gc_interval_minutes > 0).then(|| {
+        schedule(
+            running.app.storage.clone(),
+            minutes(args.gc_interval_minutes),
+            minutes(args.gc_grace_minutes),
+        )
+    });
     // Small responses go out at once rather than waiting on the client's
     // delayed ACK.
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -106,12 +141,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config = %options.config.display(),
         data = %options.data.display(),
         plugins = %options.plugins.display(),
+        gc_interval_minutes = args.gc_interval_minutes,
         "artifactapi serving"
     );
     axum::serve(listener, app(running.app.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    if let Err(e) = running.app.storage.meta.flush_hits().await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot record the last hits");
+    }
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn gc(args: GcArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.data.join("metadata.db").is_file(),
+        "{} holds no metadata.db: not a data folder",
+        args.data.display()
+    );
+    let storage = Storage::embedded(&args.data).await?;
+    let options = GcOptions {
+        grace: minutes(args.gc_grace_minutes),
+        dry_run: args.dry_run,
+    };
+    let report = collect(&storage, &options).await?;
+    println!("{report}");
     Ok(())
 }
 
@@ -139,5 +194,6 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Gc(args) => gc(args).await,
     }
 }

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::AppError;
 use crate::fill::Fills;
 use crate::plugins::Plugins;
+use crate::stats::Stats;
 use crate::storage::Storage;
 
 /// Everything a request may need.
@@ -33,6 +34,8 @@ pub struct App {
     pub http: reqwest::Client,
     /// Cache fills in flight.
     pub fills: Arc<Fills>,
+    /// Traffic counters since the server started.
+    pub stats: Arc<Stats>,
     /// When the server started.
     pub started: SystemTime,
 }
@@ -85,16 +88,19 @@ pub fn app(state: Arc<App>) -> Router {
         .route("/api/v2/plugins", get(plugins))
         .route("/api/v1/remote/{*rest}", any(artifact))
         .route("/api/v1/virtual/{*rest}", any(artifact))
+        .merge(crate::manage::routes())
         .fallback(not_found)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
 async fn artifact(State(app): State<Arc<App>>, request: Request) -> Response {
-    match crate::artifacts::handle(app, request).await {
+    let path = request.uri().path().to_string();
+    let response = match crate::artifacts::handle(app.clone(), request).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
-    }
+    };
+    app.stats.observe(&path, response)
 }
 
 async fn not_found(request: Request) -> AppError {
@@ -125,6 +131,10 @@ async fn root(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             "health": "/health",
             "config": "/config",
             "plugins": "/api/v2/plugins",
+            "remotes": "/api/v2/remotes",
+            "objects": "/api/v2/remotes/{repo}/objects",
+            "stats": "/api/v2/stats",
+            "flush": "/cache/flush",
         },
     }))
 }
@@ -193,6 +203,7 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         plugins: plugins.clone(),
         http: http_client()?,
         fills: Arc::new(Fills::default()),
+        stats: Arc::new(Stats::default()),
         started: SystemTime::now(),
     });
     let plugin_watch = crate::watch::watch(

@@ -433,6 +433,9 @@ async fn serve_record(
 ) -> Result<Option<Response>, AppError> {
     let digest = Digest::parse(&record.digest)
         .ok_or_else(|| AppError::internal(format!("bad digest in metadata: {}", record.digest)))?;
+    if source != "remote" {
+        ctx.app.storage.meta.record_hit(&record.repo, &record.path);
+    }
     if decision.rewrite {
         if let Some(plugin) = &decision.plugin {
             return match index::rewrite_document(ctx, plugin, record).await? {

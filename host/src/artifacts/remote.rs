@@ -248,6 +248,7 @@ async fn start_fill(
         },
         ttl,
         revalidate,
+        fetched: ctx.app.stats.repo(&ctx.repo.name),
         negative_ttl: Some(Duration::from_secs(cache.negative_ttl)).filter(|t| !t.is_zero()),
         expected: None,
     };

@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
@@ -289,14 +290,14 @@ impl Cas {
         })
     }
 
-    /// Stores a verified spool under its digest; storing content that is
-    /// already present keeps the existing object.
+    /// Stores a verified spool under its digest. Content that is already
+    /// present is replaced by the identical bytes (atomically), which
+    /// renews its last-modified time: the garbage collector spares blobs
+    /// younger than its grace period, and a blob committed again must count
+    /// as young until the metadata record that references it is written.
     pub async fn commit(&self, mut finished: Finished) -> anyhow::Result<Digest> {
         let key = finished.digest.key();
         let digest = finished.digest.clone();
-        if self.store.head(&key).await.is_ok() {
-            return Ok(digest);
-        }
         let path = std::mem::take(&mut finished.path);
         match self.staging {
             Staging::InStore => {
@@ -399,6 +400,98 @@ impl Cas {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Every stored blob with its size and last-modified time, as the
+    /// backend lists them (in no particular order). Objects under `blobs/`
+    /// whose names are not digests are skipped.
+    pub fn blobs(&self) -> BoxStream<'static, anyhow::Result<StoredBlob>> {
+        let prefix = StorePath::from("blobs/sha256");
+        self.store
+            .list(Some(&prefix))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(meta) => {
+                        let digest = Digest::parse(meta.location.filename()?)?;
+                        Some(Ok(StoredBlob {
+                            digest,
+                            size: meta.size,
+                            modified: system_time(meta.last_modified.timestamp()),
+                        }))
+                    }
+                    Err(e) => Some(Err(e.into())),
+                }
+            })
+            .boxed()
+    }
+
+    /// When a stored blob was last written, or None when absent.
+    pub async fn modified(&self, digest: &Digest) -> anyhow::Result<Option<SystemTime>> {
+        match self.store.head(&digest.key()).await {
+            Ok(meta) => Ok(Some(system_time(meta.last_modified.timestamp()))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The spool files on disk now: writes in progress, and files a crash
+    /// left behind.
+    pub async fn spool_files(&self) -> io::Result<Vec<SpoolFile>> {
+        let dir = self.spool_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let meta = match entry.metadata() {
+                    Ok(meta) if meta.is_file() => meta,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                files.push(SpoolFile {
+                    path: entry.path(),
+                    size: meta.len(),
+                    modified: meta.modified()?,
+                });
+            }
+            Ok(files)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Removes a spool file listed by [`Cas::spool_files`].
+    pub async fn remove_spool_file(&self, file: &SpoolFile) -> io::Result<()> {
+        match tokio::fs::remove_file(&file.path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A blob as [`Cas::blobs`] lists it.
+#[derive(Debug, Clone)]
+pub struct StoredBlob {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its length in bytes.
+    pub size: u64,
+    /// When it was last written (to the second).
+    pub modified: SystemTime,
+}
+
+/// A spool file as [`Cas::spool_files`] lists it.
+#[derive(Debug, Clone)]
+pub struct SpoolFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub size: u64,
+    /// When it was last written to.
+    pub modified: SystemTime,
+}
+
+fn system_time(secs: i64) -> SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64)
 }
 
 #[cfg(test)]
@@ -437,6 +530,22 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(staged, 0);
+    }
+
+    #[tokio::test]
+    async fn a_remote_backend_gets_the_spool_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let cas = Cas::remote(store, &dir.path().join("spool")).unwrap();
+        let mut spool = cas.spool().await.unwrap();
+        let data = vec![42u8; 600_000];
+        spool.append(&data).await.unwrap();
+        let digest = cas.commit(spool.finish().await.unwrap()).await.unwrap();
+        assert_eq!(digest, Digest::of(&data));
+        let back = cas.read_capped(&digest, u64::MAX).await.unwrap().unwrap();
+        assert_eq!(&back[..], &data[..]);
+        let left = std::fs::read_dir(dir.path().join("spool")).unwrap().count();
+        assert_eq!(left, 0, "the spool is removed after the upload");
     }
 
     #[test]
