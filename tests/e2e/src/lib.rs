@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +78,7 @@ pub fn install(src: &Path, dir: &Path, name: &str) {
 #[derive(Default)]
 pub struct UpstreamState {
     down: AtomicBool,
+    failure: AtomicU16,
     files: Mutex<HashMap<String, Bytes>>,
     hits: Mutex<HashMap<String, usize>>,
 }
@@ -131,10 +132,11 @@ impl Upstream {
         self.task.abort();
     }
 
-    /// Makes every request answer 503 (counted under the path `down`), or
-    /// serve normally again.
-    pub fn fail(&self, failing: bool) {
-        self.state.down.store(failing, Ordering::SeqCst);
+    /// Makes every request answer `status` (counted under the path `down`);
+    /// `stop` makes them answer 503.
+    pub fn fail(&self, status: u16) {
+        self.state.failure.store(status, Ordering::SeqCst);
+        self.state.down.store(true, Ordering::SeqCst);
     }
 }
 
@@ -146,7 +148,11 @@ async fn upstream_handler(
 ) -> Response {
     if state.down.load(Ordering::SeqCst) {
         *state.hits.lock().unwrap().entry("down".into()).or_default() += 1;
-        return status(StatusCode::SERVICE_UNAVAILABLE);
+        let code = match state.failure.load(Ordering::SeqCst) {
+            0 => 503,
+            code => code,
+        };
+        return status(StatusCode::from_u16(code).unwrap());
     }
     if method == Method::GET {
         *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;

@@ -448,7 +448,7 @@ async fn ranges_and_resumed_downloads() {
 }
 
 #[tokio::test]
-async fn a_failing_upstream_gets_a_back_off_while_stale_copies_are_served() {
+async fn a_rate_limiting_upstream_gets_a_back_off_while_stale_copies_are_served() {
     let (upstream, server) = setup().await;
     upstream.put("latest.txt", "v1");
     let url = server.url("/api/v1/remote/files/files/latest.txt");
@@ -464,7 +464,7 @@ async fn a_failing_upstream_gets_a_back_off_while_stale_copies_are_served() {
     assert_eq!(unchanged.status(), 304);
 
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    upstream.fail(true);
+    upstream.fail(429);
     for _ in 0..3 {
         let stale = client().get(&url).send().await.unwrap();
         assert_eq!(stale.status(), 200);
