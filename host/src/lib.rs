@@ -11,5 +11,6 @@ pub mod plugins;
 pub mod server;
 pub mod stats;
 pub mod storage;
+pub mod upstream_auth;
 pub mod util;
 pub mod watch;
