@@ -1,6 +1,7 @@
 //! Test harness: a real artifactapi server and a real upstream HTTP server,
 //! both on 127.0.0.1, each on a port of its own.
 
+pub mod oci;
 pub mod tools;
 
 use std::collections::HashMap;
