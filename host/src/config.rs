@@ -4,19 +4,44 @@
 //! top-level `remotes:` map from repository name to its entry. Unknown fields
 //! are an error naming the field, so a typo never silently changes behaviour.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// Who may write (and read private repositories); none = open to all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSection>,
     /// Repositories by name.
     pub remotes: BTreeMap<String, RepoEntry>,
+}
+
+/// The `auth:` section as written.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Users by name.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserEntry>,
+}
+
+/// One user as written under `auth.users`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    /// The environment variable holding the password (the password itself
+    /// never appears in the file).
+    pub password_env: String,
+    /// Repositories this user may write; `"*"` = every repository.
+    #[serde(default)]
+    pub write: Vec<String>,
 }
 
 /// How a repository is served.
@@ -132,6 +157,10 @@ pub struct RepoEntry {
     /// Per-format settings handed to the plugin as written.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, serde_json::Value>,
+    /// Whether clients without credentials may read (default true); only
+    /// matters when the configuration has an `auth:` section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_read: Option<bool>,
 }
 
 /// A repository ready to serve: its entry plus compiled patterns.
@@ -156,6 +185,11 @@ pub struct Repo {
 }
 
 impl Repo {
+    /// Whether clients without credentials may read it.
+    pub fn anonymous_read(&self) -> bool {
+        self.entry.anonymous_read.unwrap_or(true)
+    }
+
     /// `local`, `remote` or `virtual`.
     pub fn kind(&self) -> RepoKind {
         self.entry.kind
@@ -201,8 +235,44 @@ pub fn origin_of(url: &str) -> Option<String> {
 pub struct Config {
     /// Repositories by name.
     pub repos: BTreeMap<String, Arc<Repo>>,
+    /// The users, when the file has an `auth:` section.
+    pub auth: Option<Auth>,
     /// The file as written, for `/config`.
     pub file: ConfigFile,
+}
+
+/// The `auth:` section, compiled: passwords read from the environment.
+#[derive(Debug)]
+pub struct Auth {
+    /// Users by name.
+    pub users: BTreeMap<String, User>,
+}
+
+/// A user who may authenticate.
+pub struct User {
+    /// sha256 of the password.
+    pub password_sha256: [u8; 32],
+    /// Every repository may be written.
+    pub write_all: bool,
+    /// The repositories this user may write.
+    pub write: BTreeSet<String>,
+}
+
+impl User {
+    /// Whether this user may write repository `repo`; `"*"` asks for
+    /// every repository at once.
+    pub fn may_write(&self, repo: &str) -> bool {
+        self.write_all || (repo != "*" && self.write.contains(repo))
+    }
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("write_all", &self.write_all)
+            .field("write", &self.write)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a configuration was refused.
@@ -264,7 +334,12 @@ impl Config {
         for repo in repos.values() {
             check_members(repo, &repos)?;
         }
-        Ok(Config { repos, file })
+        let auth = file
+            .auth
+            .as_ref()
+            .map(|section| compile_auth(section, &repos))
+            .transpose()?;
+        Ok(Config { repos, auth, file })
     }
 
     /// The repository with this name.
@@ -372,6 +447,70 @@ fn compile_repo(name: &str, entry: &RepoEntry) -> Result<Repo, String> {
     })
 }
 
+/// User names travel in HTTP Basic credentials, so they hold no `:`.
+fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'))
+}
+
+fn compile_auth(
+    section: &AuthSection,
+    repos: &BTreeMap<String, Arc<Repo>>,
+) -> Result<Auth, String> {
+    let mut users = BTreeMap::new();
+    for (name, entry) in &section.users {
+        if !valid_user_name(name) {
+            return Err(format!(
+                "auth.users.{name}: user names use letters, digits, '-', '_', '.' and '@'"
+            ));
+        }
+        let var = &entry.password_env;
+        let password = match std::env::var(var) {
+            Ok(password) if !password.is_empty() => password,
+            Ok(_) => {
+                return Err(format!(
+                    "auth.users.{name}.password_env: the environment variable {var:?} is empty"
+                ))
+            }
+            Err(std::env::VarError::NotPresent) => {
+                return Err(format!(
+                    "auth.users.{name}.password_env: the environment variable {var:?} is not set"
+                ))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(format!(
+                    "auth.users.{name}.password_env: the environment variable {var:?} is not valid UTF-8"
+                ))
+            }
+        };
+        let mut write = BTreeSet::new();
+        let mut write_all = false;
+        for (i, repo) in entry.write.iter().enumerate() {
+            if repo == "*" {
+                write_all = true;
+            } else if repos.contains_key(repo) {
+                write.insert(repo.clone());
+            } else {
+                return Err(format!(
+                    "auth.users.{name}.write[{i}]: no repository named {repo:?}"
+                ));
+            }
+        }
+        users.insert(
+            name.clone(),
+            User {
+                password_sha256: Sha256::digest(password.as_bytes()).into(),
+                write_all,
+                write,
+            },
+        );
+    }
+    Ok(Auth { users })
+}
+
 fn check_members(repo: &Repo, repos: &BTreeMap<String, Arc<Repo>>) -> Result<(), String> {
     for (i, member) in repo.entry.members.iter().enumerate() {
         let field = format!("remotes.{}.members[{i}]", repo.name);
@@ -449,6 +588,84 @@ remotes:
         let text = "remotes:\n  a:\n    type: remote\n    package: generic\n    base_url: http://x\n    blocklist: [\"(\"]\n";
         let err = Config::parse(text, "remotes.yaml").unwrap_err().to_string();
         assert!(err.contains("remotes.a.blocklist[0]"), "{err}");
+    }
+
+    fn with_auth(users: &str) -> String {
+        format!(
+            "auth:\n  users:\n{users}remotes:\n  up:\n    type: local\n    package: generic\n  private:\n    type: local\n    package: generic\n    anonymous_read: false\n"
+        )
+    }
+
+    #[test]
+    fn auth_users_compile_and_stay_secret() {
+        std::env::set_var("ARTIFACTAPI_TEST_CONFIG_CI", "s3cret-value");
+        std::env::set_var("ARTIFACTAPI_TEST_CONFIG_ADMIN", "other-value");
+        let text = with_auth(
+            "    ci:\n      password_env: ARTIFACTAPI_TEST_CONFIG_CI\n      write: [up]\n    admin:\n      password_env: ARTIFACTAPI_TEST_CONFIG_ADMIN\n      write: [\"*\"]\n",
+        );
+        let config = Config::parse(&text, "r").unwrap();
+        let auth = config.auth.as_ref().unwrap();
+        let ci = &auth.users["ci"];
+        assert_eq!(
+            ci.password_sha256,
+            <[u8; 32]>::from(Sha256::digest(b"s3cret-value"))
+        );
+        assert!(ci.may_write("up"));
+        assert!(!ci.may_write("private"));
+        assert!(!ci.may_write("*"));
+        assert!(auth.users["admin"].may_write("private"));
+        assert!(auth.users["admin"].may_write("*"));
+        assert!(config.repo("up").unwrap().anonymous_read());
+        assert!(!config.repo("private").unwrap().anonymous_read());
+        let shown = format!("{} {config:?}", config.redacted());
+        assert!(shown.contains("ARTIFACTAPI_TEST_CONFIG_CI"), "{shown}");
+        assert!(!shown.contains("s3cret-value"), "{shown}");
+        assert!(!shown.contains("password_sha256"), "{shown}");
+    }
+
+    #[test]
+    fn unset_or_empty_password_env_is_named() {
+        std::env::remove_var("ARTIFACTAPI_TEST_CONFIG_UNSET");
+        let text = with_auth("    ci:\n      password_env: ARTIFACTAPI_TEST_CONFIG_UNSET\n");
+        let err = Config::parse(&text, "r").unwrap_err().to_string();
+        assert!(err.contains("auth.users.ci.password_env"), "{err}");
+        assert!(err.contains("ARTIFACTAPI_TEST_CONFIG_UNSET"), "{err}");
+        std::env::set_var("ARTIFACTAPI_TEST_CONFIG_EMPTY", "");
+        let text = with_auth("    ci:\n      password_env: ARTIFACTAPI_TEST_CONFIG_EMPTY\n");
+        let err = Config::parse(&text, "r").unwrap_err().to_string();
+        assert!(err.contains("auth.users.ci.password_env"), "{err}");
+        assert!(err.contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn write_must_name_a_repository() {
+        std::env::set_var("ARTIFACTAPI_TEST_CONFIG_WRITE", "pw");
+        let text = with_auth(
+            "    ci:\n      password_env: ARTIFACTAPI_TEST_CONFIG_WRITE\n      write: [up, nowhere]\n",
+        );
+        let err = Config::parse(&text, "r").unwrap_err().to_string();
+        assert!(err.contains("auth.users.ci.write[1]"), "{err}");
+        assert!(err.contains("nowhere"), "{err}");
+    }
+
+    #[test]
+    fn auth_fields_are_strict() {
+        std::env::set_var("ARTIFACTAPI_TEST_CONFIG_STRICT", "pw");
+        let text = with_auth(
+            "    ci:\n      password_env: ARTIFACTAPI_TEST_CONFIG_STRICT\n      password: pw\n",
+        );
+        let err = Config::parse(&text, "r").unwrap_err().to_string();
+        assert!(err.contains("password"), "{err}");
+        let text = with_auth("    \"a:b\":\n      password_env: ARTIFACTAPI_TEST_CONFIG_STRICT\n");
+        let err = Config::parse(&text, "r").unwrap_err().to_string();
+        assert!(err.contains("auth.users.a:b"), "{err}");
+    }
+
+    #[test]
+    fn no_auth_section_means_no_users() {
+        let config = Config::parse(SAMPLE, "test").unwrap();
+        assert!(config.auth.is_none());
+        assert!(config.redacted().get("auth").is_none());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! package-format knowledge lives in WebAssembly component plugins.
 
 pub mod artifacts;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fill;

@@ -130,10 +130,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() && !artifactapi::auth::enabled(&running.app.config.load()) {
         tracing::warn!(
             listen = %args.listen,
-            "no auth section in the configuration: anyone who can reach this address can upload and delete"
+            "no auth section in the configuration: writes are open to anyone who can reach this address"
         );
     }
     tracing::info!(

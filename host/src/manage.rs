@@ -7,13 +7,17 @@
 //! | GET, DELETE | `/api/v2/remotes/{name}/objects` |
 //! | GET | `/api/v2/stats` |
 //! | PUT | `/cache/flush` |
+//!
+//! With an `auth:` section, eviction and flushes need write permission on
+//! the repository (a flush of every repository needs `"*"`), and listing
+//! the objects of a repository with `anonymous_read: false` needs a user.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::routing::{get, put, MethodRouter};
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,7 +27,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::{Repo, RepoKind};
+use crate::auth::{require_read, require_write, Principal};
+use crate::config::{Config, Repo, RepoKind};
 use crate::error::AppError;
 use crate::server::App;
 use crate::stats::Counts;
@@ -101,6 +106,14 @@ fn configured(app: &App, name: &str) -> Result<Arc<Repo>, AppError> {
         .repo(name)
         .cloned()
         .ok_or_else(|| repo_not_found(name))
+}
+
+/// The configuration serving now and who the request comes from (401 for
+/// bad credentials).
+fn caller(app: &App, headers: &HeaderMap) -> Result<(Arc<Config>, Principal), AppError> {
+    let config = app.config.load_full();
+    let principal = app.auth.identify(&config, headers)?;
+    Ok((config, principal))
 }
 
 fn compile(pattern: &str) -> Result<Regex, AppError> {
@@ -187,10 +200,13 @@ fn object_json(object: &StoredObject, now: i64) -> Value {
 /// `limit` per page; `next` is the cursor of the following page.
 async fn list_objects(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     RepoName(name): RepoName,
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<Value>, AppError> {
+    let (config, principal) = caller(&app, &headers)?;
     configured(&app, &name)?;
+    require_read(&config, &principal, &name)?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(AppError::bad_request(format!(
@@ -252,10 +268,13 @@ struct EvictParams {
 /// garbage collection.
 async fn evict_objects(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     RepoName(name): RepoName,
     ApiQuery(params): ApiQuery<EvictParams>,
 ) -> Result<Json<Value>, AppError> {
+    let (config, principal) = caller(&app, &headers)?;
     configured(&app, &name)?;
+    require_write(&config, &principal, &name)?;
     let meta = app.storage.meta.as_ref();
     let evicted = match (params.path, params.pattern) {
         (Some(path), None) => u64::from(meta.delete(&name, &path).await?.is_some()),
@@ -328,19 +347,25 @@ struct FlushParams {
 /// paths matching `pattern`, only mutable ones with `mutable_only=true`.
 async fn flush(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     ApiQuery(params): ApiQuery<FlushParams>,
 ) -> Result<Json<Value>, AppError> {
+    let (config, principal) = caller(&app, &headers)?;
     let pattern = params.pattern.as_deref().map(compile).transpose()?;
     let meta = app.storage.meta.as_ref();
     let repos: Vec<String> = match &params.repo {
         Some(name) => {
             let repo = configured(&app, name)?;
+            require_write(&config, &principal, name)?;
             match repo.kind() {
                 RepoKind::Virtual => repo.entry.members.clone(),
                 _ => vec![repo.name.clone()],
             }
         }
-        None => meta.usage(None).await?.into_keys().collect(),
+        None => {
+            require_write(&config, &principal, "*")?;
+            meta.usage(None).await?.into_keys().collect()
+        }
     };
     let mutable = params.mutable_only.then_some(true);
     let mut flushed = 0;

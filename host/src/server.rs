@@ -38,6 +38,8 @@ pub struct App {
     pub stats: Arc<Stats>,
     /// When the server started.
     pub started: SystemTime,
+    /// Checks credentials; signs and verifies tokens.
+    pub auth: crate::auth::Authenticator,
 }
 
 impl App {
@@ -86,10 +88,12 @@ pub fn app(state: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/config", get(config))
         .route("/api/v2/plugins", get(plugins))
+        .route("/v2/token", any(crate::auth::token))
         .route("/api/v1/remote/{*rest}", any(artifact))
         .route("/api/v1/virtual/{*rest}", any(artifact))
         .merge(crate::manage::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::auth::basic_challenge))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -205,6 +209,7 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         fills: Arc::new(Fills::default()),
         stats: Arc::new(Stats::default()),
         started: SystemTime::now(),
+        auth: crate::auth::Authenticator::load(&options.data)?,
     });
     let plugin_watch = crate::watch::watch(
         &options.plugins,

@@ -104,6 +104,7 @@ pub async fn handle(app: Arc<App>, request: Request) -> Result<Response, AppErro
     let (parts, body) = request.into_parts();
     let target = parse_target(&parts.uri)?;
     let config = app.config.load_full();
+    let principal = app.auth.identify(&config, &parts.headers)?;
     let repo = config.repo(&target.repo).cloned().ok_or_else(|| {
         AppError::new(
             StatusCode::NOT_FOUND,
@@ -119,10 +120,20 @@ pub async fn handle(app: Arc<App>, request: Request) -> Result<Response, AppErro
         headers: parts.headers,
         target,
     };
+    let (config, name) = (&ctx.config, &ctx.repo.name);
     match (ctx.repo.kind(), &ctx.method) {
-        (_, &Method::GET | &Method::HEAD) => read(&ctx).await,
-        (RepoKind::Local, &Method::PUT) => local::upload(&ctx, body).await,
-        (RepoKind::Local, &Method::DELETE) => local::delete(&ctx).await,
+        (_, &Method::GET | &Method::HEAD) => {
+            crate::auth::require_read(config, &principal, name)?;
+            read(&ctx).await
+        }
+        (RepoKind::Local, &Method::PUT) => {
+            crate::auth::require_write(config, &principal, name)?;
+            local::upload(&ctx, body).await
+        }
+        (RepoKind::Local, &Method::DELETE) => {
+            crate::auth::require_write(config, &principal, name)?;
+            local::delete(&ctx).await
+        }
         (RepoKind::Local, method) => Err(AppError::method_not_allowed(
             "GET, HEAD, PUT, DELETE",
             format!("{method} is not allowed on a local repository"),
