@@ -254,6 +254,7 @@ pub struct Server {
     pub running: Running,
     /// Holds data, plugins and config.
     pub dir: tempfile::TempDir,
+    deadline: Duration,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -272,6 +273,12 @@ impl Server {
             install(src, &plugin_dir, name);
         }
         std::fs::write(dir.path().join("remotes.yaml"), remotes_yaml).unwrap();
+        Server::launch(dir, deadline).await
+    }
+
+    /// Starts a server on the folders of `dir` as `start_with` laid them out.
+    async fn launch(dir: tempfile::TempDir, deadline: Duration) -> Server {
+        let plugin_dir = dir.path().join("plugins");
         let options = ServeOptions {
             config: dir.path().join("remotes.yaml"),
             data: dir.path().join("data"),
@@ -294,8 +301,20 @@ impl Server {
             addr,
             running,
             dir,
+            deadline,
             task,
         }
+    }
+
+    /// Stops the server and starts a new one on the same data, plugins and
+    /// configuration, as a process restart would; the new one has a new port.
+    pub async fn restart(mut self) -> Server {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let deadline = self.deadline;
+        drop(self);
+        Server::launch(dir, deadline).await
     }
 
     /// Starts a server with no plugins and the default deadline.
