@@ -26,7 +26,9 @@ where
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
             Ok(event) => {
-                if event.paths.iter().any(|p| filter(p)) {
+                // Reading a file (as a reload does) is an event too.
+                let access = matches!(event.kind, notify::EventKind::Access(_));
+                if !access && event.paths.iter().any(|p| filter(p)) {
                     let _ = tx.send(());
                 }
             }
