@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::extract::{FromRequest as _, Query, Request, State};
+use axum::extract::{FromRequest as _, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -347,12 +347,6 @@ pub async fn basic_challenge(request: Request, next: Next) -> Response {
     response
 }
 
-/// Query of `GET /v2/token`.
-#[derive(Deserialize)]
-struct TokenQuery {
-    scope: Option<String>,
-}
-
 /// Form body of `POST /v2/token` (OAuth2).
 #[derive(Deserialize)]
 struct TokenForm {
@@ -372,7 +366,7 @@ pub async fn token(State(app): State<Arc<App>>, request: Request) -> Response {
             format!("{method} is not allowed here; use GET or POST"),
         )),
     };
-    match outcome {
+    let mut response = match outcome {
         Ok(response) => response,
         Err(e) => {
             let challenge = e.status == StatusCode::UNAUTHORIZED;
@@ -385,14 +379,24 @@ pub async fn token(State(app): State<Arc<App>>, request: Request) -> Response {
             }
             response
         }
-    }
+    };
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
 }
 
 /// `GET /v2/token?service=..&scope=..`: a token for the Basic credentials
 /// sent, or an anonymous one without them.
 fn token_get(app: &App, request: Request) -> Result<Response, AppError> {
-    let Query(query) = Query::<TokenQuery>::try_from_uri(request.uri())
-        .map_err(|e| AppError::bad_request(e.body_text()))?;
+    // Clients repeat `scope` when one operation spans repositories (a
+    // cross-repository mount asks for push on one and pull on another).
+    let scopes: Vec<String> =
+        form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .filter(|(key, _)| key == "scope")
+            .map(|(_, value)| value.into_owned())
+            .collect();
     let config = app.config.load();
     let principal = match (&config.auth, credentials(request.headers())?) {
         (Some(auth), Some(Credentials::Basic { user, password })) => {
@@ -408,7 +412,7 @@ fn token_get(app: &App, request: Request) -> Result<Response, AppError> {
     };
     let now = now_secs();
     let token = app.auth.issue(&principal, now);
-    tracing::debug!(principal = ?principal, scope = ?query.scope, "token issued");
+    tracing::debug!(principal = ?principal, scope = ?scopes, "token issued");
     Ok(token_response(json!({
         "token": token,
         "access_token": token,

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::storage::cas::{read_at, READ_CHUNK};
 use crate::storage::{Digest, ObjectRecord, Storage};
+use crate::upstream_auth::{Upstream, UpstreamAuthError};
 use crate::util::now_secs;
 
 /// Why a fill produced no object.
@@ -162,8 +163,8 @@ pub struct Fills {
 pub struct FillJob {
     /// Storage to write to.
     pub storage: Storage,
-    /// The upstream client.
-    pub client: reqwest::Client,
+    /// The upstream, with the repository's credentials.
+    pub upstream: Upstream,
     /// The upstream URL.
     pub url: String,
     /// Extra request headers.
@@ -183,6 +184,9 @@ pub struct FillJob {
     pub fetched: Arc<crate::stats::RepoStats>,
     /// A digest the body must have, when the path names one.
     pub expected: Option<Digest>,
+    /// Revalidate with a HEAD whose `Docker-Content-Digest` is compared with
+    /// the stored copy's digest (a registry tag), before any GET.
+    pub head_revalidate: bool,
 }
 
 impl Fills {
@@ -256,6 +260,61 @@ fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<
     headers.get(name)?.to_str().ok().map(str::to_string)
 }
 
+/// A request that got no usable answer: unreachable, or refused because
+/// the upstream's token service failed.
+pub fn upstream_failure(error: UpstreamAuthError) -> FillError {
+    match error.status() {
+        Some(status) => {
+            tracing::warn!(error = %error, "upstream authentication failed");
+            FillError::Status(status)
+        }
+        None => FillError::Unreachable(error.to_string()),
+    }
+}
+
+/// The header registries name a manifest's digest in.
+const CONTENT_DIGEST: &str = "docker-content-digest";
+
+/// Asks the upstream with a HEAD whether the stored copy is still current:
+/// the refreshed record when its digest is unchanged, None when the body
+/// must be fetched, an error when the upstream is failing (so a stale copy
+/// is served).
+async fn revalidate_by_digest(
+    job: &FillJob,
+    stale: &ObjectRecord,
+    started: i64,
+) -> Result<Option<ObjectRecord>, FillError> {
+    let response = job
+        .upstream
+        .send(reqwest::Method::HEAD, &job.url, &job.headers)
+        .await
+        .map_err(upstream_failure)?;
+    let status = response.status().as_u16();
+    if status == 429 || status >= 500 {
+        return Err(FillError::Status(status));
+    }
+    let current = format!("sha256:{}", stale.digest);
+    let unchanged = status == 200
+        && response
+            .headers()
+            .get(CONTENT_DIGEST)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|digest| digest.trim() == current);
+    if !unchanged {
+        return Ok(None);
+    }
+    let refreshed = ObjectRecord {
+        expires_at: job.ttl.map(|ttl| started + ttl as i64),
+        ..stale.clone()
+    };
+    job.storage
+        .meta
+        .put(&refreshed)
+        .await
+        .map_err(|e| FillError::Broken(format!("metadata: {e:#}")))?;
+    Ok(Some(refreshed))
+}
+
 async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
     let lock_key = format!("fill/{}/{}", job.record.repo, job.record.path);
     let _lock = job
@@ -275,22 +334,25 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
             return Ok(record);
         }
     }
-    let mut request = job.client.get(&job.url);
-    for (name, value) in &job.headers {
-        request = request.header(name, value);
+    if let (true, Some(stale)) = (job.head_revalidate, &job.revalidate) {
+        if let Some(record) = revalidate_by_digest(job, stale, started).await? {
+            return Ok(record);
+        }
     }
+    let mut headers = job.headers.clone();
     if let Some(stale) = &job.revalidate {
         if let Some(etag) = &stale.upstream_etag {
-            request = request.header(IF_NONE_MATCH, etag);
+            headers.push((IF_NONE_MATCH.to_string(), etag.clone()));
         }
         if let Some(modified) = &stale.upstream_last_modified {
-            request = request.header(IF_MODIFIED_SINCE, modified);
+            headers.push((IF_MODIFIED_SINCE.to_string(), modified.clone()));
         }
     }
-    let response = request
-        .send()
+    let response = job
+        .upstream
+        .send(reqwest::Method::GET, &job.url, &headers)
         .await
-        .map_err(|e| FillError::Unreachable(e.to_string()))?;
+        .map_err(upstream_failure)?;
     let status = response.status().as_u16();
     if let (304, Some(stale)) = (status, &job.revalidate) {
         let refreshed = ObjectRecord {

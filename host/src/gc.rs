@@ -16,6 +16,7 @@ use futures::StreamExt;
 
 use crate::storage::cas::StoredBlob;
 use crate::storage::meta::BATCH;
+use crate::storage::registry::discard;
 use crate::storage::Storage;
 
 /// Spool files younger than this are never removed, whatever the grace
@@ -27,6 +28,8 @@ pub const SPOOL_MIN_AGE: Duration = Duration::from_secs(3600);
 pub struct GcOptions {
     /// Unreferenced blobs younger than this are kept.
     pub grace: Duration,
+    /// Blob uploads that received nothing for this long are abandoned.
+    pub upload_expiry: Duration,
     /// Report what would be removed, remove nothing.
     pub dry_run: bool,
 }
@@ -48,6 +51,10 @@ pub struct GcReport {
     pub spool_files_removed: u64,
     /// Their bytes.
     pub spool_bytes_removed: u64,
+    /// Abandoned blob uploads removed with their staged data.
+    pub uploads_removed: u64,
+    /// Their bytes.
+    pub upload_bytes_removed: u64,
 }
 
 impl std::fmt::Display for GcReport {
@@ -68,10 +75,15 @@ impl std::fmt::Display for GcReport {
             "unreferenced blobs kept, younger than the grace period: {}",
             self.blobs_young
         )?;
-        write!(
+        writeln!(
             f,
             "stale spool files {removed}: {} ({} bytes)",
             self.spool_files_removed, self.spool_bytes_removed
+        )?;
+        write!(
+            f,
+            "abandoned uploads {removed}: {} ({} bytes)",
+            self.uploads_removed, self.upload_bytes_removed
         )
     }
 }
@@ -112,6 +124,21 @@ pub async fn collect(storage: &Storage, options: &GcOptions) -> anyhow::Result<G
         }
         report.spool_files_removed += 1;
         report.spool_bytes_removed += file.size;
+    }
+
+    let idle_since = now
+        .checked_sub(options.upload_expiry)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let idle_since = idle_since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for session in storage.registry.idle_uploads(idle_since).await? {
+        if !options.dry_run {
+            discard(storage, &session).await;
+            tracing::info!(id = %session.id, repo = %session.repo, image = %session.image, size = session.size, "gc removed an abandoned upload");
+        }
+        report.uploads_removed += 1;
+        report.upload_bytes_removed += session.size;
     }
     Ok(report)
 }
@@ -157,12 +184,18 @@ async fn sweep(
 /// Runs a collection every `every`, the first one `every` after the call,
 /// logging what each removed; a failed run is logged and the next one runs
 /// on time.
-pub fn schedule(storage: Storage, every: Duration, grace: Duration) -> tokio::task::JoinHandle<()> {
+pub fn schedule(
+    storage: Storage,
+    every: Duration,
+    grace: Duration,
+    upload_expiry: Duration,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let options = GcOptions {
             grace,
+            upload_expiry,
             dry_run: false,
         };
         loop {
@@ -174,6 +207,7 @@ pub fn schedule(storage: Storage, every: Duration, grace: Duration) -> tokio::ta
                     bytes_removed = report.bytes_removed,
                     blobs_young = report.blobs_young,
                     spool_files_removed = report.spool_files_removed,
+                    uploads_removed = report.uploads_removed,
                     "garbage collection done"
                 ),
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "garbage collection failed"),
@@ -205,7 +239,11 @@ mod tests {
     }
 
     fn options(grace: Duration, dry_run: bool) -> GcOptions {
-        GcOptions { grace, dry_run }
+        GcOptions {
+            grace,
+            upload_expiry: Duration::from_secs(86400),
+            dry_run,
+        }
     }
 
     #[tokio::test]

@@ -72,6 +72,14 @@ struct ServeArgs {
     /// Unreferenced blobs younger than this many minutes are kept.
     #[arg(long, env = "ARTIFACTAPI_GC_GRACE_MINUTES", default_value_t = 60)]
     gc_grace_minutes: u64,
+    /// Blob uploads (docker push) idle this many minutes are abandoned and
+    /// their staged data removed by the garbage collector.
+    #[arg(
+        long,
+        env = "ARTIFACTAPI_UPLOAD_EXPIRY_MINUTES",
+        default_value_t = 1440
+    )]
+    upload_expiry_minutes: u64,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +90,13 @@ struct GcArgs {
     /// Unreferenced blobs younger than this many minutes are kept.
     #[arg(long, env = "ARTIFACTAPI_GC_GRACE_MINUTES", default_value_t = 60)]
     gc_grace_minutes: u64,
+    /// Blob uploads idle this many minutes are abandoned.
+    #[arg(
+        long,
+        env = "ARTIFACTAPI_UPLOAD_EXPIRY_MINUTES",
+        default_value_t = 1440
+    )]
+    upload_expiry_minutes: u64,
     /// Report what would be removed, remove nothing.
     #[arg(long)]
     dry_run: bool,
@@ -119,6 +134,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             running.app.storage.clone(),
             minutes(args.gc_interval_minutes),
             minutes(args.gc_grace_minutes),
+            minutes(args.upload_expiry_minutes),
         )
     });
     // Small responses go out at once rather than waiting on the client's
@@ -163,6 +179,7 @@ async fn gc(args: GcArgs) -> anyhow::Result<()> {
     let storage = Storage::embedded(&args.data).await?;
     let options = GcOptions {
         grace: minutes(args.gc_grace_minutes),
+        upload_expiry: minutes(args.upload_expiry_minutes),
         dry_run: args.dry_run,
     };
     let report = collect(&storage, &options).await?;

@@ -38,6 +38,8 @@ pub struct App {
     pub stats: Arc<Stats>,
     /// When the server started.
     pub started: SystemTime,
+    /// Tokens and challenges of upstreams that authenticate.
+    pub upstream_auth: Arc<crate::upstream_auth::UpstreamAuth>,
     /// Checks credentials; signs and verifies tokens.
     pub auth: crate::auth::Authenticator,
 }
@@ -89,6 +91,9 @@ pub fn app(state: Arc<App>) -> Router {
         .route("/config", get(config))
         .route("/api/v2/plugins", get(plugins))
         .route("/v2/token", any(crate::auth::token))
+        .route("/v2", any(registry))
+        .route("/v2/", any(registry))
+        .route("/v2/{*rest}", any(registry))
         .route("/api/v1/remote/{*rest}", any(artifact))
         .route("/api/v1/virtual/{*rest}", any(artifact))
         .merge(crate::manage::routes())
@@ -104,6 +109,12 @@ async fn artifact(State(app): State<Arc<App>>, request: Request) -> Response {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
+    app.stats.observe(&path, response)
+}
+
+async fn registry(State(app): State<Arc<App>>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let response = crate::artifacts::oci::handle(app.clone(), request).await;
     app.stats.observe(&path, response)
 }
 
@@ -209,6 +220,7 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         fills: Arc::new(Fills::default()),
         stats: Arc::new(Stats::default()),
         started: SystemTime::now(),
+        upstream_auth: Arc::new(crate::upstream_auth::UpstreamAuth::new()),
         auth: crate::auth::Authenticator::load(&options.data)?,
     });
     let plugin_watch = crate::watch::watch(

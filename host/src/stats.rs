@@ -128,12 +128,14 @@ impl Stats {
     }
 }
 
-/// The repository a request path under `/api/v1/remote/` or
-/// `/api/v1/virtual/` addresses, percent-decoded.
+/// The repository a request path under `/api/v1/remote/`,
+/// `/api/v1/virtual/` or `/v2/` (the OCI registry) addresses,
+/// percent-decoded.
 fn repo_of(path: &str) -> Option<String> {
     let rest = path
         .strip_prefix("/api/v1/remote/")
-        .or_else(|| path.strip_prefix("/api/v1/virtual/"))?;
+        .or_else(|| path.strip_prefix("/api/v1/virtual/"))
+        .or_else(|| path.strip_prefix("/v2/"))?;
     let segment = rest.split('/').next().filter(|s| !s.is_empty())?;
     percent_decode_str(segment)
         .decode_utf8()
@@ -193,6 +195,10 @@ mod tests {
             Some("all-x")
         );
         assert_eq!(repo_of("/api/v1/remote/"), None);
+        assert_eq!(
+            repo_of("/v2/docker/library/nginx/blobs/sha256:ab").as_deref(),
+            Some("docker")
+        );
         assert_eq!(repo_of("/health"), None);
     }
 

@@ -16,6 +16,7 @@
 use std::error::Error as _;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -639,6 +640,41 @@ impl<'a> Cursor<'a> {
         }
         self.pos = self.text.len();
         value
+    }
+}
+
+/// Everything needed to send requests to one repository's upstream with
+/// its credentials.
+#[derive(Clone)]
+pub struct Upstream {
+    /// The HTTP client.
+    pub client: reqwest::Client,
+    /// Shared challenges and tokens.
+    pub auth: Arc<UpstreamAuth>,
+    /// The repository's upstream credentials.
+    pub credentials: Option<Credentials>,
+    /// Which challenge applies: the repository and the name asked for.
+    pub scope_key: String,
+}
+
+impl Upstream {
+    /// Sends `method url` with `headers`, authenticating as the upstream asks.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> Result<Response, UpstreamAuthError> {
+        self.auth
+            .send(
+                &self.client,
+                method,
+                url,
+                headers,
+                self.credentials.as_ref(),
+                &self.scope_key,
+            )
+            .await
     }
 }
 

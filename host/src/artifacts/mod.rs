@@ -3,6 +3,7 @@
 
 mod index;
 mod local;
+pub mod oci;
 mod quarantine;
 mod remote;
 
@@ -97,6 +98,13 @@ struct Decision {
     rewrite: bool,
     content_type: Option<String>,
     plugin: Option<Arc<LoadedPlugin>>,
+    /// The digest a fetched body must have, when the request names one.
+    expected: Option<Digest>,
+    /// Revalidate an expired copy with a HEAD comparing the upstream's
+    /// `Docker-Content-Digest` (a registry tag) instead of a conditional GET.
+    head_revalidate: bool,
+    /// The name access patterns matched besides the path (a docker image).
+    access_name: Option<String>,
 }
 
 /// Answers one request under `/api/v1/remote/` or `/api/v1/virtual/`.
@@ -281,6 +289,9 @@ async fn decide(ctx: &Ctx) -> Result<Decision, AppError> {
             rewrite: false,
             content_type: None,
             plugin: None,
+            expected: None,
+            head_revalidate: false,
+            access_name: None,
         };
         (decision, None)
     } else {
@@ -322,6 +333,9 @@ async fn decide(ctx: &Ctx) -> Result<Decision, AppError> {
             rewrite,
             content_type,
             plugin: Some(plugin),
+            expected: None,
+            head_revalidate: false,
+            access_name: access_name.clone(),
         };
         (decision, access_name)
     };

@@ -10,8 +10,9 @@ use axum::response::Response;
 
 use super::{plugin_answer, quarantine, serve_record, Ctx, Decision, PLUGIN_HEADER, SOURCE_HEADER};
 use crate::error::AppError;
-use crate::fill::{negative_key, Fill, FillError, FillJob, FillState};
+use crate::fill::{negative_key, upstream_failure, Fill, FillError, FillJob, FillState};
 use crate::storage::{Digest, ObjectRecord, Origin};
+use crate::upstream_auth::{Credentials, Upstream};
 use crate::util::now_secs;
 
 /// How long a failing upstream is left alone while stale copies are served.
@@ -218,7 +219,11 @@ async fn start_fill(
     let cache = &ctx.repo.entry.cache;
     let revalidate = existing
         .filter(|_| ctx.repo.entry.check_mutable_updates != Some(false))
-        .filter(|old| old.upstream_etag.is_some() || old.upstream_last_modified.is_some())
+        .filter(|old| {
+            decision.head_revalidate
+                || old.upstream_etag.is_some()
+                || old.upstream_last_modified.is_some()
+        })
         .cloned();
     let ttl = if decision.mutable {
         Some(cache.mutable_ttl)
@@ -227,7 +232,7 @@ async fn start_fill(
     };
     let job = FillJob {
         storage: ctx.app.storage.clone(),
-        client: ctx.app.http.clone(),
+        upstream: upstream(ctx, decision),
         url,
         headers,
         record: ObjectRecord {
@@ -250,7 +255,8 @@ async fn start_fill(
         revalidate,
         fetched: ctx.app.stats.repo(&ctx.repo.name),
         negative_ttl: Some(Duration::from_secs(cache.negative_ttl)).filter(|t| !t.is_zero()),
-        expected: None,
+        expected: decision.expected.clone(),
+        head_revalidate: decision.head_revalidate,
     };
     Ok(ctx
         .app
@@ -269,7 +275,7 @@ async fn upstream_request(
         .base_url
         .as_deref()
         .ok_or_else(|| AppError::internal("remote repository without base_url"))?;
-    let (url, mut headers) = match &decision.plugin {
+    let (url, headers) = match &decision.plugin {
         None => {
             let mut url = format!("{base}/{}", ctx.target.raw_path);
             if !ctx.target.query.is_empty() {
@@ -312,12 +318,30 @@ async fn upstream_request(
             (request.url, headers)
         }
     };
-    if let (Some(user), Some(password)) = (&ctx.repo.entry.username, &ctx.repo.entry.password) {
-        use base64::Engine as _;
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        headers.push(("authorization".into(), format!("Basic {token}")));
-    }
     Ok((url, headers))
+}
+
+/// The repository's upstream with its credentials; challenges are
+/// remembered per repository and access name (a docker image).
+fn upstream(ctx: &Ctx, decision: &Decision) -> Upstream {
+    let entry = &ctx.repo.entry;
+    let credentials = match (&entry.username, &entry.password) {
+        (Some(username), Some(password)) => Some(Credentials {
+            username: username.clone(),
+            password: password.clone(),
+        }),
+        _ => None,
+    };
+    Upstream {
+        client: ctx.app.http.clone(),
+        auth: ctx.app.upstream_auth.clone(),
+        credentials,
+        scope_key: format!(
+            "{}/{}",
+            ctx.repo.name,
+            decision.access_name.as_deref().unwrap_or("")
+        ),
+    }
 }
 
 /// A HEAD for an object not in the cache: asks the upstream, stores nothing.
@@ -327,14 +351,10 @@ async fn head_upstream(
     url: &str,
     headers: &[(String, String)],
 ) -> Result<Response, AppError> {
-    let mut request = ctx.app.http.head(url);
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let upstream = request
-        .send()
+    let upstream = upstream(ctx, decision)
+        .send(reqwest::Method::HEAD, url, headers)
         .await
-        .map_err(|e| upstream_error(ctx, &FillError::Unreachable(e.to_string())))?;
+        .map_err(|e| upstream_error(ctx, &upstream_failure(e)))?;
     let status = upstream.status().as_u16();
     if status != 200 {
         return Err(upstream_error(ctx, &FillError::Status(status)));
@@ -427,7 +447,7 @@ fn usable_stale<'a>(
     Some(record)
 }
 
-fn mark_stale(response: &mut Response) {
+pub(super) fn mark_stale(response: &mut Response) {
     response.headers_mut().insert(
         header::WARNING,
         HeaderValue::from_static("110 artifactapi \"Response is Stale\""),

@@ -295,9 +295,15 @@ impl Cas {
     /// renews its last-modified time: the garbage collector spares blobs
     /// younger than its grace period, and a blob committed again must count
     /// as young until the metadata record that references it is written.
-    pub async fn commit(&self, mut finished: Finished) -> anyhow::Result<Digest> {
-        let key = finished.digest.key();
+    pub async fn commit(&self, finished: Finished) -> anyhow::Result<Digest> {
         let digest = finished.digest.clone();
+        self.place(finished, digest.key()).await?;
+        Ok(digest)
+    }
+
+    /// Moves a finished spool to `key`: a rename within the local store, an
+    /// upload to a remote one.
+    async fn place(&self, mut finished: Finished, key: StorePath) -> anyhow::Result<()> {
         let path = std::mem::take(&mut finished.path);
         match self.staging {
             Staging::InStore => {
@@ -317,7 +323,7 @@ impl Cas {
                 result?;
             }
         }
-        Ok(digest)
+        Ok(())
     }
 
     async fn upload(&self, path: &Path, key: &StorePath) -> anyhow::Result<()> {
@@ -332,6 +338,47 @@ impl Cas {
         }
         writer.finish().await?;
         Ok(())
+    }
+
+    /// Stores a verified spool under `key` (any path outside `blobs/`),
+    /// where it stays until [`Cas::delete_key`] or [`Cas::promote`]: the
+    /// staged parts of an upload in progress.
+    pub async fn commit_as(&self, finished: Finished, key: &str) -> anyhow::Result<()> {
+        self.place(finished, StorePath::from(key)).await
+    }
+
+    /// Moves an object staged under `key` whose bytes are known to have
+    /// `digest` into the store under that digest.
+    pub async fn promote(&self, key: &str, digest: &Digest) -> anyhow::Result<()> {
+        self.store
+            .rename(&StorePath::from(key), &digest.key())
+            .await?;
+        Ok(())
+    }
+
+    /// Streams an object staged under `key`; None when absent.
+    pub async fn open_key(
+        &self,
+        key: &str,
+    ) -> anyhow::Result<Option<BoxStream<'static, io::Result<Bytes>>>> {
+        let result = match self.store.get(&StorePath::from(key)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let range = result.range.clone();
+        Ok(Some(match result.payload {
+            GetResultPayload::File(file, _) => file_stream(Arc::new(file), range).boxed(),
+            GetResultPayload::Stream(stream) => stream.map(|r| r.map_err(io::Error::other)).boxed(),
+        }))
+    }
+
+    /// Removes an object staged under `key`; absent is fine.
+    pub async fn delete_key(&self, key: &str) -> anyhow::Result<()> {
+        match self.store.delete(&StorePath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Stores a small object held in memory.

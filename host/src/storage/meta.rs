@@ -139,7 +139,7 @@ type PendingHits = Mutex<HashMap<String, HashMap<String, u64>>>;
 
 /// The embedded store: one SQLite file.
 pub struct SqliteMeta {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
     hits: Arc<PendingHits>,
 }
 

@@ -3,6 +3,7 @@
 pub mod cas;
 pub mod kv;
 pub mod meta;
+pub mod registry;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::sync::Arc;
 pub use cas::{Cas, Digest};
 pub use kv::{Locks, MemoryCache, MemoryLocks, TtlCache};
 pub use meta::{MetaStore, ObjectRecord, Origin, SqliteMeta};
+pub use registry::RegistryStore;
 
 /// The storage a server runs on.
 #[derive(Clone)]
@@ -18,6 +20,8 @@ pub struct Storage {
     pub cas: Arc<Cas>,
     /// What each repository holds.
     pub meta: Arc<dyn MetaStore>,
+    /// Upload sessions and referrers of the OCI registry.
+    pub registry: Arc<dyn RegistryStore>,
     /// Short-lived keys (plugin cache, tokens).
     pub cache: Arc<dyn TtlCache>,
     /// Named locks (one upstream fetch per object).
@@ -28,9 +32,11 @@ impl Storage {
     /// The embedded defaults under `data_dir`: local files, SQLite, memory.
     pub async fn embedded(data_dir: &Path) -> anyhow::Result<Storage> {
         std::fs::create_dir_all(data_dir)?;
+        let meta = Arc::new(SqliteMeta::open(&data_dir.join("metadata.db")).await?);
         Ok(Storage {
             cas: Arc::new(Cas::local(&data_dir.join("cas"))?),
-            meta: Arc::new(SqliteMeta::open(&data_dir.join("metadata.db")).await?),
+            meta: meta.clone(),
+            registry: meta,
             cache: Arc::new(MemoryCache::new(64 << 20)),
             locks: Arc::new(MemoryLocks::default()),
         })

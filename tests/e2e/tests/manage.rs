@@ -345,6 +345,7 @@ async fn stats_count_hits_misses_and_bytes() {
 fn options(grace: Duration) -> GcOptions {
     GcOptions {
         grace,
+        upload_expiry: Duration::from_secs(86400),
         dry_run: false,
     }
 }
@@ -460,6 +461,7 @@ async fn gc_reaps_only_old_unreferenced_blobs_while_fills_run() {
         server.running.app.storage.clone(),
         Duration::from_millis(100),
         Duration::ZERO,
+        Duration::from_secs(86400),
     );
     let reaped = eventually(Duration::from_secs(10), || async {
         server.blob_count() == 1 + slow.len()
