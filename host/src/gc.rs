@@ -318,4 +318,60 @@ mod tests {
         assert_eq!(report.blobs_removed, 0);
         assert_eq!(report.blobs_young, 1);
     }
+
+    #[tokio::test]
+    async fn abandoned_uploads_go_with_their_staged_parts() {
+        use crate::storage::registry::{UploadPart, UploadSession};
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::embedded(dir.path()).await.unwrap();
+        let now = crate::util::now_secs();
+        let mut sessions = Vec::new();
+        for (id, idle) in [("old", 7200), ("fresh", 0)] {
+            let mut spool = storage.cas.spool().await.unwrap();
+            spool.append(b"part").await.unwrap();
+            let finished = spool.finish().await.unwrap();
+            let key = format!("uploads/{id}/000000");
+            let sha256 = finished.digest.hex();
+            storage.cas.commit_as(finished, &key).await.unwrap();
+            let session = UploadSession {
+                id: id.into(),
+                repo: "docker".into(),
+                image: "app".into(),
+                size: 4,
+                parts: vec![UploadPart {
+                    key,
+                    size: 4,
+                    sha256,
+                }],
+                created_at: now - idle,
+                updated_at: now - idle,
+            };
+            storage.registry.put_upload(&session).await.unwrap();
+            sessions.push(session);
+        }
+        let options = GcOptions {
+            grace: Duration::from_secs(3600),
+            upload_expiry: Duration::from_secs(3600),
+            dry_run: false,
+        };
+        let report = collect(&storage, &options).await.unwrap();
+        assert_eq!(
+            (report.uploads_removed, report.upload_bytes_removed),
+            (1, 4)
+        );
+        assert_eq!(storage.registry.upload("old").await.unwrap(), None);
+        assert!(storage
+            .cas
+            .open_key(&sessions[0].parts[0].key)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(storage.registry.upload("fresh").await.unwrap().is_some());
+        assert!(storage
+            .cas
+            .open_key(&sessions[1].parts[0].key)
+            .await
+            .unwrap()
+            .is_some());
+    }
 }
