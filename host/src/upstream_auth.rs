@@ -105,6 +105,9 @@ pub struct UpstreamAuth {
     challenges: moka::future::Cache<String, BearerChallenge>,
     /// Tokens per challenge and user, dropped [`EXPIRY_MARGIN`] before they expire.
     tokens: moka::future::Cache<TokenKey, Token>,
+    /// Scope keys whose upstream asked for Basic credentials, so requests
+    /// that wait for a challenge send them at once next time.
+    wants_basic: moka::future::Cache<String, ()>,
 }
 
 impl Default for UpstreamAuth {
@@ -124,6 +127,10 @@ impl UpstreamAuth {
             tokens: moka::future::Cache::builder()
                 .max_capacity(MAX_TOKENS)
                 .expire_after(TokenExpiry)
+                .build(),
+            wants_basic: moka::future::Cache::builder()
+                .max_capacity(MAX_CHALLENGES)
+                .time_to_idle(CHALLENGE_IDLE)
                 .build(),
         }
     }
@@ -154,8 +161,32 @@ impl UpstreamAuth {
         credentials: Option<&Credentials>,
         scope_key: &str,
     ) -> Result<Response, UpstreamAuthError> {
+        self.send_with(client, method, url, headers, credentials, scope_key, true)
+            .await
+    }
+
+    /// [`UpstreamAuth::send`], but with `preemptive` false credentials go
+    /// only where a challenge asks for them: a registry that issues tokens
+    /// never sees the password, only its token service does. An upstream
+    /// that asked for Basic once gets it at once afterwards.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_with(
+        &self,
+        client: &reqwest::Client,
+        method: Method,
+        url: &str,
+        headers: &[(String, String)],
+        credentials: Option<&Credentials>,
+        scope_key: &str,
+        preemptive: bool,
+    ) -> Result<Response, UpstreamAuthError> {
         let upstream = Url::parse(url).ok();
-        let basic_or_anonymous = || credentials.map_or(Sent::Anonymous, Sent::Basic);
+        let preemptive = preemptive || self.wants_basic.contains_key(scope_key);
+        let basic_or_anonymous = || {
+            credentials
+                .filter(|_| preemptive)
+                .map_or(Sent::Anonymous, Sent::Basic)
+        };
         let mut failed = None;
         let sent = match self.challenges.get(scope_key).await {
             Some(challenge) => {
@@ -216,6 +247,7 @@ impl UpstreamAuth {
         match credentials {
             Some(credentials) if !matches!(sent, Sent::Basic(_)) => {
                 drop(response);
+                self.wants_basic.insert(scope_key.to_string(), ()).await;
                 Ok(attempt(client, &method, url, headers, &Sent::Basic(credentials)).await?)
             }
             _ => Ok(response),
@@ -655,6 +687,8 @@ pub struct Upstream {
     pub credentials: Option<Credentials>,
     /// Which challenge applies: the repository and the name asked for.
     pub scope_key: String,
+    /// Send credentials before any challenge asks for them.
+    pub preemptive: bool,
 }
 
 impl Upstream {
@@ -666,13 +700,14 @@ impl Upstream {
         headers: &[(String, String)],
     ) -> Result<Response, UpstreamAuthError> {
         self.auth
-            .send(
+            .send_with(
                 &self.client,
                 method,
                 url,
                 headers,
                 self.credentials.as_ref(),
                 &self.scope_key,
+                self.preemptive,
             )
             .await
     }
@@ -1067,6 +1102,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn without_preemption_credentials_wait_for_a_challenge() {
+        let upstream = start(Options::default()).await;
+        let auth = UpstreamAuth::new();
+        let send = |url: String| {
+            let auth = &auth;
+            async move {
+                let credentials = alice();
+                auth.send_with(
+                    &client(),
+                    Method::GET,
+                    &url,
+                    &[],
+                    Some(&credentials),
+                    "files",
+                    false,
+                )
+                .await
+                .unwrap()
+                .status()
+            }
+        };
+        let files = upstream.url("/files/a.tar.gz");
+        assert_eq!(send(files.clone()).await, StatusCode::OK);
+        assert_eq!(calls(&upstream.file_calls), 2, "a 401, then Basic");
+        assert_eq!(send(files).await, StatusCode::OK);
+        assert_eq!(
+            calls(&upstream.file_calls),
+            3,
+            "an upstream that asked for Basic gets it at once"
+        );
     }
 
     #[tokio::test]

@@ -105,6 +105,9 @@ struct Decision {
     head_revalidate: bool,
     /// The name access patterns matched besides the path (a docker image).
     access_name: Option<String>,
+    /// Send upstream credentials only when a challenge asks for them (a
+    /// registry that may want a token instead).
+    await_challenge: bool,
 }
 
 /// Answers one request under `/api/v1/remote/` or `/api/v1/virtual/`.
@@ -292,6 +295,7 @@ async fn decide(ctx: &Ctx) -> Result<Decision, AppError> {
             expected: None,
             head_revalidate: false,
             access_name: None,
+            await_challenge: false,
         };
         (decision, None)
     } else {
@@ -336,6 +340,7 @@ async fn decide(ctx: &Ctx) -> Result<Decision, AppError> {
             expected: None,
             head_revalidate: false,
             access_name: access_name.clone(),
+            await_challenge: false,
         };
         (decision, access_name)
     };

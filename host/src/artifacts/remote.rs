@@ -341,6 +341,7 @@ fn upstream(ctx: &Ctx, decision: &Decision) -> Upstream {
             ctx.repo.name,
             decision.access_name.as_deref().unwrap_or("")
         ),
+        preemptive: !decision.await_challenge,
     }
 }
 

@@ -49,6 +49,7 @@ fn decision(key: String, mutable: bool) -> Decision {
         expected: None,
         head_revalidate: false,
         access_name: None,
+        await_challenge: false,
     }
 }
 

@@ -29,7 +29,8 @@ pub(super) async fn handle(req: &Req) -> Result<Response, AppError> {
         Endpoint::Manifest(reference) => manifest(req, reference).await,
         Endpoint::Blob(digest) => blob(req, digest).await,
         Endpoint::Tags => {
-            let decision = decide(&req.ctx).await?;
+            let mut decision = decide(&req.ctx).await?;
+            decision.await_challenge = true;
             let (record, source, stale) = remote_record(&req.ctx, &decision).await?;
             let mut response = serve_record(&req.ctx, &decision, &record, source)
                 .await?
@@ -75,6 +76,7 @@ async fn manifest(req: &Req, reference: &str) -> Result<Response, AppError> {
     let mut decision = decide(&req.ctx).await?;
     decision.expected = by_digest.as_ref().and_then(OciDigest::as_storage);
     decision.head_revalidate = by_digest.is_none();
+    decision.await_challenge = true;
     let (record, source, stale) = remote_record(&req.ctx, &decision).await?;
     if by_digest.is_none() && source == "remote" {
         keep_by_digest(req, &record).await?;
@@ -116,6 +118,7 @@ async fn blob(req: &Req, digest: &str) -> Result<Response, AppError> {
     let parsed = OciDigest::from_client(digest)?;
     let mut decision = decide(&req.ctx).await?;
     decision.expected = parsed.as_storage();
+    decision.await_challenge = true;
     let mut response = read_remote(&req.ctx, &decision).await?;
     set_header(&mut response, CONTENT_DIGEST, digest);
     Ok(response)
