@@ -349,7 +349,20 @@ impl Cas {
 
     /// Moves an object staged under `key` whose bytes are known to have
     /// `digest` into the store under that digest.
+    /// Like [`Cas::commit`] it renews the object's age (a part may have been
+    /// staged long before the upload completes), so the garbage collector
+    /// spares it until the record that references it is written.
     pub async fn promote(&self, key: &str, digest: &Digest) -> anyhow::Result<()> {
+        if let (Staging::InStore, Some(root)) = (&self.staging, self.spool_dir.parent()) {
+            let path = root.join(key);
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::options()
+                    .write(true)
+                    .open(path)?
+                    .set_modified(SystemTime::now())
+            })
+            .await??;
+        }
         self.store
             .rename(&StorePath::from(key), &digest.key())
             .await?;

@@ -88,7 +88,12 @@ pub(super) async fn start(req: &Req, body: Body) -> Result<Response, AppError> {
         let part = stage(req, &session, body, None).await?;
         session.size = part.as_ref().map_or(0, |p| p.size);
         session.parts.extend(part);
-        return complete(req, session, &digest).await;
+        let staged = session.clone();
+        let outcome = complete(req, session, &digest).await;
+        if outcome.is_err() {
+            discard(&req.ctx.app.storage, &staged).await;
+        }
+        return outcome;
     }
     let session = new_session(req);
     req.ctx.app.storage.registry.put_upload(&session).await?;
