@@ -131,6 +131,18 @@ pub async fn handle(app: Arc<App>, request: Request) -> Result<Response, AppErro
         headers: parts.headers,
         target,
     };
+    if ctx.repo.package() == "docker" {
+        // The registry protocol (digests, tag bans, manifest checks) lives
+        // on /v2; a raw path here would bypass it.
+        return Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            "USE_REGISTRY_API",
+            format!(
+                "{} is a docker repository: use the registry API at /v2/{}/<image>/…",
+                ctx.repo.name, ctx.repo.name
+            ),
+        ));
+    }
     let (config, name) = (&ctx.config, &ctx.repo.name);
     match (ctx.repo.kind(), &ctx.method) {
         (_, &Method::GET | &Method::HEAD) => {

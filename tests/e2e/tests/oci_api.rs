@@ -513,6 +513,25 @@ async fn a_cancelled_upload_is_gone() {
 }
 
 #[tokio::test]
+async fn docker_repositories_are_not_reachable_around_the_registry_api() {
+    let _shared = EXCLUSIVE.read().await;
+    let server = Server::start(LOCAL).await;
+    let client = client();
+    let data = sample(9, 100);
+    let digest = sha256(&data);
+    let raw = server.url(&format!("/api/v1/remote/docker-local/blobs/{digest}"));
+    let put = client.put(&raw).body(data.clone()).send().await.unwrap();
+    assert_eq!(put.status().as_u16(), 404);
+    let body: Value = put.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "USE_REGISTRY_API");
+    assert_eq!(
+        client.get(&raw).send().await.unwrap().status().as_u16(),
+        404
+    );
+    assert_eq!(server.blob_count(), 0, "nothing was stored");
+}
+
+#[tokio::test]
 async fn a_wrong_digest_is_refused_and_nothing_is_stored() {
     let _shared = EXCLUSIVE.read().await;
     let server = Server::start(LOCAL).await;
