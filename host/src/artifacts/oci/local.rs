@@ -23,7 +23,7 @@ use crate::artifacts::{serve_record, Decision};
 use crate::config::Config;
 use crate::error::AppError;
 use crate::server::App;
-use crate::storage::meta::ObjectQuery;
+use crate::storage::meta::{ObjectQuery, StoredObject};
 use crate::storage::registry::Referrer;
 use crate::storage::{ObjectRecord, Origin};
 use crate::util::now_secs;
@@ -282,18 +282,7 @@ async fn delete_manifest(req: &Req, reference: &str) -> Result<Response, AppErro
         let mut after = None;
         let mut tags = Vec::new();
         loop {
-            let page = storage
-                .meta
-                .list(
-                    repo,
-                    &ObjectQuery {
-                        prefix: Some(prefix.clone()),
-                        after: after.clone(),
-                        limit: 1000,
-                        ..Default::default()
-                    },
-                )
-                .await?;
+            let page = manifest_page(req, &prefix, after.clone()).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.record.path.clone());
             tags.extend(
@@ -365,28 +354,38 @@ fn next_link(path: &str, n: usize, last: &str) -> String {
     format!("<{path}?{query}>; rel=\"next\"")
 }
 
+/// The next page of an image's manifest and tag records, after `after`.
+async fn manifest_page(
+    req: &Req,
+    prefix: &str,
+    after: Option<String>,
+) -> Result<Vec<StoredObject>, AppError> {
+    let query = ObjectQuery {
+        prefix: Some(prefix.to_string()),
+        after,
+        limit: 1000,
+        ..Default::default()
+    };
+    Ok(req
+        .ctx
+        .app
+        .storage
+        .meta
+        .list(&req.repo().name, &query)
+        .await?)
+}
+
 async fn tags(req: &Req) -> Result<Response, AppError> {
     let n = page_size(&req.ctx.target.query)?;
     let last = req.query("last");
     let repo = &req.repo().name;
-    let meta = &req.ctx.app.storage.meta;
     let prefix = manifest_key(&req.image, "");
     let mut after = Some(format!("{prefix}{}", last.clone().unwrap_or_default()));
     let mut tags = Vec::new();
     let mut more = false;
     let mut any_manifest = last.is_some();
     'pages: loop {
-        let page = meta
-            .list(
-                repo,
-                &ObjectQuery {
-                    prefix: Some(prefix.clone()),
-                    after: after.clone(),
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let page = manifest_page(req, &prefix, after.clone()).await?;
         let Some(end) = page.last() else { break };
         after = Some(end.record.path.clone());
         for object in page {

@@ -19,6 +19,7 @@ use super::local::blob_key;
 use super::{content_length, set_header, OciDigest, Req, CONTENT_DIGEST};
 use crate::config::RepoKind;
 use crate::error::AppError;
+use crate::storage::kv::LockGuard;
 use crate::storage::registry::{discard, UploadPart, UploadSession};
 use crate::storage::{ObjectRecord, Origin, Storage};
 use crate::util::now_secs;
@@ -146,10 +147,7 @@ async fn mount(req: &Req, digest: &OciDigest, from: &str) -> Result<bool, AppErr
 }
 
 /// Loads a session of this image, holding its lock.
-async fn session(
-    req: &Req,
-    id: &str,
-) -> Result<(UploadSession, crate::storage::kv::LockGuard), AppError> {
+async fn session(req: &Req, id: &str) -> Result<(UploadSession, LockGuard), AppError> {
     let storage = &req.ctx.app.storage;
     let lock = storage
         .locks
@@ -273,12 +271,20 @@ async fn stage(
     Ok(Some(part))
 }
 
-/// `PATCH /blobs/uploads/{id}`: the next chunk.
-pub(super) async fn patch(req: &Req, id: &str, body: Body) -> Result<Response, AppError> {
-    let (mut session, _lock) = session(req, id).await?;
+/// Where a chunk went: appended to its session (held locked), or refused
+/// as out of order with the answer to send.
+enum Chunk {
+    Appended(UploadSession, LockGuard),
+    OutOfOrder(Response),
+}
+
+/// Loads session `id` and appends the request's body (when not empty) as
+/// its next part, checking `Content-Range` against what has arrived.
+async fn append(req: &Req, id: &str, body: Body) -> Result<Chunk, AppError> {
+    let (mut session, lock) = session(req, id).await?;
     let range = content_range(req)?;
     if let Some((first, _)) = range.filter(|(first, _)| *first != session.size) {
-        return Ok(out_of_order(req, &session, first));
+        return Ok(Chunk::OutOfOrder(out_of_order(req, &session, first)));
     }
     if let Some(part) = stage(req, &session, body, range).await? {
         session.size += part.size;
@@ -286,7 +292,17 @@ pub(super) async fn patch(req: &Req, id: &str, body: Body) -> Result<Response, A
         session.updated_at = now_secs();
         req.ctx.app.storage.registry.put_upload(&session).await?;
     }
-    Ok(session_response(req, &session, StatusCode::ACCEPTED))
+    Ok(Chunk::Appended(session, lock))
+}
+
+/// `PATCH /blobs/uploads/{id}`: the next chunk.
+pub(super) async fn patch(req: &Req, id: &str, body: Body) -> Result<Response, AppError> {
+    match append(req, id, body).await? {
+        Chunk::Appended(session, _lock) => {
+            Ok(session_response(req, &session, StatusCode::ACCEPTED))
+        }
+        Chunk::OutOfOrder(response) => Ok(response),
+    }
 }
 
 /// `PUT /blobs/uploads/{id}?digest=`: the last chunk (optional), then the
@@ -300,18 +316,10 @@ pub(super) async fn finish(req: &Req, id: &str, body: Body) -> Result<Response, 
         )
     })?;
     let digest = OciDigest::from_client(&digest)?;
-    let (mut session, _lock) = session(req, id).await?;
-    let range = content_range(req)?;
-    if let Some((first, _)) = range.filter(|(first, _)| *first != session.size) {
-        return Ok(out_of_order(req, &session, first));
+    match append(req, id, body).await? {
+        Chunk::Appended(session, _lock) => complete(req, session, &digest).await,
+        Chunk::OutOfOrder(response) => Ok(response),
     }
-    if let Some(part) = stage(req, &session, body, range).await? {
-        session.size += part.size;
-        session.parts.push(part);
-        session.updated_at = now_secs();
-        req.ctx.app.storage.registry.put_upload(&session).await?;
-    }
-    complete(req, session, &digest).await
 }
 
 /// Turns a session's parts into the blob `digest` names, or refuses with
