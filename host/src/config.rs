@@ -163,6 +163,11 @@ pub struct RepoEntry {
     pub anonymous_read: Option<bool>,
 }
 
+/// The package type served without a plugin: plain files.
+pub const GENERIC: &str = "generic";
+/// The package type of OCI images, served on `/v2` by the host's registry.
+pub const DOCKER: &str = "docker";
+
 /// A repository ready to serve: its entry plus compiled patterns.
 #[derive(Debug)]
 pub struct Repo {
@@ -182,6 +187,12 @@ pub struct Repo {
     pub immutable: Vec<Regex>,
     /// `settings` as a JSON object text, as plugins receive it.
     pub settings_json: String,
+    /// Origins (`scheme://host:port`) this repository's upstream requests
+    /// may reach: its `base_url` and every URL among its settings' values.
+    pub origins: Vec<String>,
+    /// The repositories a plugin call for this one may look into: itself
+    /// and its members.
+    pub scope_repos: Vec<String>,
 }
 
 impl Repo {
@@ -200,20 +211,21 @@ impl Repo {
         &self.entry.package
     }
 
-    /// Origins (`scheme://host:port`) this repository's upstream requests may
-    /// reach: its `base_url` and every URL among its settings' values.
-    pub fn upstream_origins(&self) -> Vec<String> {
-        let mut origins = Vec::new();
-        if let Some(base) = &self.base_url {
-            origins.extend(origin_of(base));
-        }
-        for value in self.entry.settings.values() {
-            if let Some(text) = value.as_str() {
-                origins.extend(origin_of(text));
-            }
-        }
-        origins
+    /// Whether it holds OCI images (served on `/v2`, not by a plugin).
+    pub fn is_docker(&self) -> bool {
+        self.package() == DOCKER
     }
+}
+
+fn upstream_origins(base_url: Option<&str>, entry: &RepoEntry) -> Vec<String> {
+    let mut origins = Vec::new();
+    origins.extend(base_url.and_then(origin_of));
+    for value in entry.settings.values() {
+        if let Some(text) = value.as_str() {
+            origins.extend(origin_of(text));
+        }
+    }
+    origins
 }
 
 /// The origin of an http(s) URL, normalised with its explicit or default port.
@@ -435,9 +447,15 @@ fn compile_repo(name: &str, entry: &RepoEntry) -> Result<Repo, String> {
     allow.extend(compile_patterns(name, "patterns", &entry.patterns)?);
     let settings_json = serde_json::to_string(&entry.settings)
         .map_err(|e| format!("remotes.{name}.settings: {e}"))?;
+    let origins = upstream_origins(base_url.as_deref(), entry);
+    let scope_repos = std::iter::once(name.to_string())
+        .chain(entry.members.iter().cloned())
+        .collect();
     Ok(Repo {
         name: name.to_string(),
         entry: entry.clone(),
+        origins,
+        scope_repos,
         base_url,
         allow,
         block: compile_patterns(name, "blocklist", &entry.blocklist)?,
@@ -568,7 +586,7 @@ remotes:
             3600
         );
         assert_eq!(
-            files.upstream_origins(),
+            files.origins,
             vec!["https://files.example.org:443".to_string()]
         );
         let redacted = config.redacted().to_string();

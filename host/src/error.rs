@@ -16,6 +16,11 @@ pub struct AppError {
     pub message: String,
     /// The methods to list in `Allow` (405 only).
     pub allow: Option<&'static str>,
+    /// How an artifact request came to this error, when that says more
+    /// than the status (a remembered upstream 404).
+    pub outcome: Option<crate::artifacts::Outcome>,
+    /// Seconds after which a retry may succeed (`Retry-After`).
+    pub retry_after: Option<u32>,
 }
 
 impl AppError {
@@ -26,6 +31,40 @@ impl AppError {
             code,
             message: message.into(),
             allow: None,
+            outcome: None,
+            retry_after: None,
+        }
+    }
+
+    /// The same error, marked with how the request came to it.
+    pub fn with_outcome(self, outcome: crate::artifacts::Outcome) -> AppError {
+        AppError {
+            outcome: Some(outcome),
+            ..self
+        }
+    }
+
+    /// The same error again (errors shared by requests that waited on one
+    /// piece of work).
+    pub fn duplicate(&self) -> AppError {
+        AppError {
+            message: self.message.clone(),
+            ..*self
+        }
+    }
+
+    /// 503: storage (metadata, blobs, cache) failed; the detail is logged.
+    /// The client may retry shortly: the server recovers by itself once the
+    /// store answers again.
+    pub fn storage(error: impl std::fmt::Display) -> AppError {
+        tracing::error!(error = %error, "storage failed");
+        AppError {
+            retry_after: Some(5),
+            ..AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "STORAGE_UNAVAILABLE",
+                "storage is unavailable right now; retry shortly (the server log has the cause)",
+            )
         }
     }
 
@@ -72,9 +111,10 @@ impl AppError {
     }
 }
 
+/// What fails with an `anyhow::Error` on the request path is storage.
 impl From<anyhow::Error> for AppError {
     fn from(error: anyhow::Error) -> AppError {
-        AppError::internal(format!("{error:#}"))
+        AppError::storage(format!("{error:#}"))
     }
 }
 
@@ -92,6 +132,14 @@ impl IntoResponse for AppError {
             response
                 .headers_mut()
                 .insert(axum::http::header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(outcome) = self.outcome {
+            outcome.mark(&mut response);
         }
         response
     }

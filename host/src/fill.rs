@@ -21,7 +21,7 @@ use reqwest::header::{
 use tokio::sync::watch;
 
 use crate::storage::cas::{read_at, READ_CHUNK};
-use crate::storage::{Digest, ObjectRecord, Storage};
+use crate::storage::{Digest, Key, ObjectRecord, Storage};
 use crate::upstream_auth::{Upstream, UpstreamAuthError};
 use crate::util::now_secs;
 
@@ -251,11 +251,6 @@ impl Drop for Entry {
     }
 }
 
-/// The cache key under which an upstream 404 for an object is remembered.
-pub fn negative_key(repo: &str, key: &str) -> String {
-    format!("negative/{repo}/{key}")
-}
-
 fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_string)
 }
@@ -316,7 +311,11 @@ async fn revalidate_by_digest(
 }
 
 async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
-    let lock_key = format!("fill/{}/{}", job.record.repo, job.record.path);
+    let lock_key = Key::Fill {
+        repo: &job.record.repo,
+        key: &job.record.path,
+    }
+    .to_string();
     let _lock = job
         .storage
         .locks
@@ -368,7 +367,11 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
     }
     if status != 200 {
         if let (404 | 410, Some(ttl)) = (status, job.negative_ttl) {
-            let key = negative_key(&job.record.repo, &job.record.path);
+            let key = Key::Negative {
+                repo: &job.record.repo,
+                key: &job.record.path,
+            }
+            .to_string();
             if let Err(e) = job.storage.cache.set(&key, Bytes::new(), ttl).await {
                 tracing::warn!(error = %e, "cannot remember an upstream 404");
             }

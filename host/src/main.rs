@@ -66,6 +66,10 @@ struct ServeArgs {
     /// Plugin instances that may run at once.
     #[arg(long, env = "ARTIFACTAPI_PLUGIN_INSTANCES", default_value_t = 64)]
     plugin_instances: u32,
+    /// Memory for rendered index documents (each form kept with its gzip
+    /// copy), in MiB; the least used are dropped beyond it.
+    #[arg(long, env = "ARTIFACTAPI_INDEX_MEMO_MB", default_value_t = 64)]
+    index_memo_mb: u64,
     /// Minutes between garbage collections of unreferenced blobs; 0 turns them off.
     #[arg(long, env = "ARTIFACTAPI_GC_INTERVAL_MINUTES", default_value_t = 60)]
     gc_interval_minutes: u64,
@@ -127,6 +131,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             index_size: args.index_max_mb << 20,
             instances: args.plugin_instances,
         },
+        index_memo_bytes: args.index_memo_mb << 20,
     };
     let running = start(&options).await?;
     let _gc = (args.gc_interval_minutes > 0).then(|| {

@@ -42,6 +42,8 @@ pub struct App {
     pub upstream_auth: Arc<crate::upstream_auth::UpstreamAuth>,
     /// Checks credentials; signs and verifies tokens.
     pub auth: crate::auth::Authenticator,
+    /// Memoised plugin answers: classifications and rendered indexes.
+    pub memos: crate::artifacts::Memos,
 }
 
 impl App {
@@ -109,13 +111,26 @@ async fn artifact(State(app): State<Arc<App>>, request: Request) -> Response {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
-    app.stats.observe(&path, response)
+    observed(&app, &path, response)
 }
 
 async fn registry(State(app): State<Arc<App>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
     let response = crate::artifacts::oci::handle(app.clone(), request).await;
-    app.stats.observe(&path, response)
+    observed(&app, &path, response)
+}
+
+/// Counts and logs an artifact response by its outcome.
+fn observed(app: &App, path: &str, response: Response) -> Response {
+    if let Some(outcome) = crate::artifacts::Outcome::of(&response) {
+        tracing::debug!(
+            path,
+            status = response.status().as_u16(),
+            outcome = outcome.as_str(),
+            "artifact served"
+        );
+    }
+    app.stats.observe(path, response)
 }
 
 async fn not_found(request: Request) -> AppError {
@@ -133,7 +148,11 @@ async fn root(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
                 "type": repo.kind().as_str(),
                 "package": repo.package(),
                 "description": repo.entry.description,
-                "url": format!("/api/v1/remote/{}/", repo.name),
+                "url": if repo.is_docker() {
+                    format!("/v2/{}/", repo.name)
+                } else {
+                    format!("/api/v1/remote/{}/", repo.name)
+                },
             })
         })
         .collect();
@@ -192,6 +211,8 @@ pub struct ServeOptions {
     pub plugins: PathBuf,
     /// Limits on plugin calls.
     pub limits: crate::plugins::Limits,
+    /// Bytes of rendered index documents kept in memory.
+    pub index_memo_bytes: u64,
 }
 
 /// A running application with its file watches.
@@ -222,6 +243,7 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         started: SystemTime::now(),
         upstream_auth: Arc::new(crate::upstream_auth::UpstreamAuth::new()),
         auth: crate::auth::Authenticator::load(&options.data)?,
+        memos: crate::artifacts::Memos::new(options.index_memo_bytes),
     });
     let plugin_watch = crate::watch::watch(
         &options.plugins,

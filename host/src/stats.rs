@@ -2,22 +2,24 @@
 //! bytes served to clients and bytes fetched from upstreams.
 //!
 //! Hits, misses and bytes served are counted where artifact responses leave
-//! the server (see [`Stats::observe`]), from the `X-Artifact-Source` header
-//! the artifact handlers set: `cache` and `local` are hits, `remote` a miss.
+//! the server (see [`Stats::observe`]), from the [`Outcome`] the artifact
+//! handlers mark them with: copies from storage are hits, bytes fetched for
+//! the request a miss.
 //! Bytes fetched are counted by the cache fill as the body arrives, through
 //! [`RepoStats::add_fetched`] (or [`Stats::fetched`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::response::Response;
 use percent_encoding::percent_decode_str;
 
-use crate::artifacts::SOURCE_HEADER;
+use crate::artifacts::Outcome;
 
 /// One repository's counters.
 #[derive(Debug, Default)]
@@ -67,22 +69,30 @@ impl Counts {
     }
 }
 
-/// Every repository's counters.
+/// Every repository's counters: read without a lock, the map copied only
+/// when a repository is counted for the first time.
 #[derive(Debug, Default)]
 pub struct Stats {
-    repos: Mutex<HashMap<String, Arc<RepoStats>>>,
+    repos: ArcSwap<HashMap<String, Arc<RepoStats>>>,
 }
 
 impl Stats {
     /// The counters of `repo`, created at zero on first use.
     pub fn repo(&self, repo: &str) -> Arc<RepoStats> {
-        let mut repos = self.repos.lock().expect("stats poisoned");
-        if let Some(stats) = repos.get(repo) {
+        if let Some(stats) = self.repos.load().get(repo) {
             return stats.clone();
         }
-        let stats = Arc::new(RepoStats::default());
-        repos.insert(repo.to_string(), stats.clone());
-        stats
+        let mut created = None;
+        self.repos.rcu(|repos| {
+            let mut repos = HashMap::clone(repos);
+            let stats = repos
+                .entry(repo.to_string())
+                .or_insert_with(|| Arc::new(RepoStats::default()))
+                .clone();
+            created = Some(stats);
+            repos
+        });
+        created.unwrap_or_default()
     }
 
     /// Counts `bytes` received from an upstream of `repo`.
@@ -92,38 +102,31 @@ impl Stats {
 
     /// Every repository's counts now, by name.
     pub fn snapshot(&self) -> BTreeMap<String, Counts> {
-        let repos = self.repos.lock().expect("stats poisoned");
-        repos
+        self.repos
+            .load()
             .iter()
             .map(|(name, stats)| (name.clone(), stats.snapshot()))
             .collect()
     }
 
     /// Counts an artifact response to a request for `path` (the request's
-    /// URL path): a hit or a miss by its `X-Artifact-Source`, and its body
-    /// bytes as they are sent. Responses without that header (errors) are
-    /// not counted.
+    /// URL path): a hit or a miss by its [`Outcome`], and its body bytes as
+    /// they are sent. Responses without an outcome (errors) and remembered
+    /// upstream 404s are not counted.
     pub fn observe(&self, path: &str, response: Response) -> Response {
+        let Some(outcome) = Outcome::of(&response).filter(|o| *o != Outcome::Negative) else {
+            return response;
+        };
         let Some(repo) = repo_of(path) else {
             return response;
         };
-        let source = response
-            .headers()
-            .get(SOURCE_HEADER)
-            .and_then(|v| v.to_str().ok());
-        let stats = match source {
-            Some("cache" | "local") => {
-                let stats = self.repo(&repo);
-                stats.hits.fetch_add(1, Ordering::Relaxed);
-                stats
-            }
-            Some("remote") => {
-                let stats = self.repo(&repo);
-                stats.misses.fetch_add(1, Ordering::Relaxed);
-                stats
-            }
-            _ => return response,
+        let stats = self.repo(&repo);
+        let counter = if outcome.from_storage() {
+            &stats.hits
+        } else {
+            &stats.misses
         };
+        counter.fetch_add(1, Ordering::Relaxed);
         response.map(|body| Body::new(CountedBody { inner: body, stats }))
     }
 }
@@ -205,21 +208,19 @@ mod tests {
     #[tokio::test]
     async fn bodies_are_counted_as_they_are_sent() {
         let stats = Stats::default();
-        let response = Response::builder()
+        let mut response = Response::builder()
             .status(StatusCode::OK)
-            .header(SOURCE_HEADER, "cache")
             .body(Body::from(vec![1u8; 1000]))
             .unwrap();
+        Outcome::Hit.mark(&mut response);
         let response = stats.observe("/api/v1/remote/files/x", response);
         assert_eq!(response.body().size_hint().exact(), Some(1000));
         let mut body = response.into_body().into_data_stream();
         while let Some(chunk) = body.next().await {
             chunk.unwrap();
         }
-        let miss = Response::builder()
-            .header(SOURCE_HEADER, "remote")
-            .body(Body::empty())
-            .unwrap();
+        let mut miss = Response::builder().body(Body::empty()).unwrap();
+        Outcome::Miss.mark(&mut miss);
         drop(stats.observe("/api/v1/remote/files/y", miss));
         let error = Response::builder().status(404).body(Body::empty()).unwrap();
         drop(stats.observe("/api/v1/remote/files/z", error));

@@ -1,221 +1,243 @@
-//! Index documents: rewritten by the plugin on every serve (links lead back
-//! through the proxy the client used), merged across a virtual repository's
-//! members, and gzipped for clients that accept it.
+//! Index documents: rendered by the plugin for each client's form (links
+//! lead back through the proxy the client used), memoised with their gzip
+//! form and a strong ETag, so a hit renders nothing and a client holding
+//! the current bytes gets a 304.
 
 use std::io::Write as _;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
 
-use super::quarantine;
-use super::remote::remote_record;
-use super::{decide, plugin_answer, Ctx, Decision, PLUGIN_HEADER, SOURCE_HEADER};
-use crate::config::RepoKind;
+use super::decision::PluginCall;
+use super::memo::{MemoKey, Rendered};
+use super::respond::{accepts_gzip, if_none_match, GZIP_MIN};
+use super::{quarantine, Ctx, Outcome, PLUGIN_HEADER};
 use crate::error::AppError;
-use crate::plugins::{Document, IndexOptions, LoadedPlugin};
+use crate::plugins::{Document, IndexOptions};
 use crate::storage::{Digest, ObjectRecord};
+use crate::util::now_secs;
 
-/// Documents smaller than this are sent as they are.
-const GZIP_MIN: usize = 1024;
+/// Why no rendering came of a memo miss.
+pub(super) enum RenderError {
+    /// The raw document's blob is missing from storage.
+    Missing,
+    /// The rendering failed.
+    Failed(AppError),
+}
 
-/// Rewrites a stored index document for this request's client; None when
-/// the blob is missing from storage.
-pub(super) async fn rewrite_document(
+/// The key of `call`'s rendering of the raw document `digest`.
+pub(super) fn render_key(ctx: &Ctx, call: &PluginCall, digest: &str) -> MemoKey {
+    let mut key = call.memo_key("render");
+    key.field(digest)
+        .field(quarantine::window(ctx).unwrap_or(0).to_le_bytes());
+    key.finish()
+}
+
+/// Looks a rendering up; one that quarantine made out of date is dropped.
+pub(super) async fn memoised(ctx: &Ctx, key: &MemoKey) -> Option<Arc<Rendered>> {
+    let memo = &ctx.app.memos.rendered;
+    let found = memo.get(key).await?;
+    if found.current(now_secs()) {
+        return Some(found);
+    }
+    memo.invalidate(key).await;
+    None
+}
+
+/// The stored index document `record` rendered for this request's client:
+/// from the memo, or rendered now (concurrent requests share one
+/// rendering). None when the raw document's blob is missing.
+pub(super) async fn rendered(
     ctx: &Ctx,
-    plugin: &Arc<LoadedPlugin>,
+    call: &PluginCall,
     record: &ObjectRecord,
-) -> Result<Option<Document>, AppError> {
+) -> Result<Option<Arc<Rendered>>, AppError> {
+    let key = render_key(ctx, call, &record.digest);
+    if let Some(found) = memoised(ctx, &key).await {
+        return Ok(Some(found));
+    }
+    let outcome = ctx
+        .app
+        .memos
+        .rendered
+        .try_get_with(key, render(ctx, call, record))
+        .await;
+    match outcome {
+        Ok(rendered) => Ok(Some(rendered)),
+        Err(e) => match &*e {
+            RenderError::Missing => Ok(None),
+            RenderError::Failed(e) => Err(e.duplicate()),
+        },
+    }
+}
+
+async fn render(
+    ctx: &Ctx,
+    call: &PluginCall,
+    record: &ObjectRecord,
+) -> Result<Arc<Rendered>, RenderError> {
     let cap = ctx.app.plugins.limits().index_size;
     if record.size > cap {
-        return Err(AppError::new(
+        return Err(RenderError::Failed(AppError::new(
             StatusCode::BAD_GATEWAY,
             "INDEX_TOO_LARGE",
             format!(
                 "the index document is {} bytes, over the {cap} byte limit",
                 record.size
             ),
-        ));
+        )));
     }
-    let digest = Digest::parse(&record.digest)
-        .ok_or_else(|| AppError::internal(format!("bad digest in metadata: {}", record.digest)))?;
-    let Some(bytes) = ctx.app.storage.cas.read_capped(&digest, cap).await? else {
-        return Ok(None);
-    };
+    let digest = Digest::parse(&record.digest).ok_or_else(|| {
+        RenderError::Failed(AppError::internal(format!(
+            "bad digest in metadata: {}",
+            record.digest
+        )))
+    })?;
+    let bytes = ctx
+        .app
+        .storage
+        .cas
+        .read_capped(&digest, cap)
+        .await
+        .map_err(|e| RenderError::Failed(e.into()))?
+        .ok_or(RenderError::Missing)?;
     let document = Document {
         content_type: record.content_type.clone(),
         body: bytes.to_vec(),
     };
-    let outcome = ctx
-        .app
-        .plugins
-        .rewrite_index(
-            plugin,
-            ctx.scope(plugin),
-            ctx.repo_context(),
-            ctx.request_info(),
-            document,
-            IndexOptions {
-                hide_published_after: quarantine::cutoff(ctx).map(|t| t.max(0) as u64),
-            },
-        )
-        .await;
-    let rewritten = plugin_answer(plugin, outcome)?;
+    let cutoff = quarantine::cutoff(ctx);
+    let options = IndexOptions {
+        hide_published_after: cutoff.map(|t| t.max(0) as u64),
+    };
+    let task = call.clone();
+    let rewritten = off_workers(async move { task.rewrite(document, options).await })
+        .await
+        .map_err(RenderError::Failed)?;
     quarantine::remember(ctx, &rewritten.published).await;
-    Ok(Some(rewritten.document))
+    let stale_at = cutoff.and_then(|cutoff| {
+        let window = quarantine::window(ctx)?;
+        rewritten
+            .published
+            .iter()
+            .map(|p| p.published_at as i64)
+            .filter(|at| *at > cutoff)
+            .min()
+            .map(|at| at + window)
+    });
+    finish(rewritten.document, stale_at)
+        .await
+        .map_err(RenderError::Failed)
 }
 
-/// A virtual repository's index: each member's document rewritten for the
-/// virtual repository's URL, then merged by the plugin in member order.
-/// Members without the document, or refusing it, are left out; a member
-/// whose upstream fails is left out with a warning.
-pub(super) async fn merged(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
-    let plugin = decision
-        .plugin
-        .clone()
-        .ok_or_else(|| AppError::internal("index merge without a plugin"))?;
-    let mut documents = Vec::new();
-    let mut last_error = None;
-    for name in &ctx.repo.entry.members {
-        let Some(member) = ctx.config.repo(name).cloned() else {
-            continue;
-        };
-        let member_ctx = ctx.for_member(member);
-        match member_document(&member_ctx).await {
-            Ok(Some(document)) => documents.push(document),
-            Ok(None) => {}
-            Err(e) => {
-                if !matches!(e.status, StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) {
-                    tracing::warn!(
-                        repo = %ctx.repo.name,
-                        member = %name,
-                        path = %ctx.target.path,
-                        error = %e.message,
-                        "member left out of the merged index"
-                    );
-                }
-                last_error = Some(e);
-            }
-        }
-    }
-    if documents.is_empty() {
-        return Err(last_error.unwrap_or_else(|| {
-            AppError::not_found(format!(
-                "{} is in no member of repository {}",
-                ctx.target.path, ctx.repo.name
-            ))
-        }));
-    }
-    let outcome = ctx
-        .app
-        .plugins
-        .merge_indexes(
-            &plugin,
-            ctx.scope(&plugin),
-            ctx.repo_context(),
-            ctx.request_info(),
-            documents,
-        )
-        .await;
-    let document = plugin_answer(&plugin, outcome)?;
-    document_response(ctx, &plugin, document, "remote").await
-}
-
-/// One member's index document, rewritten for the virtual repository.
-async fn member_document(ctx: &Ctx) -> Result<Option<Document>, AppError> {
-    let decision = decide(ctx).await?;
-    let Some(plugin) = decision.plugin.clone().filter(|_| decision.rewrite) else {
-        return Ok(None);
-    };
-    let record = match ctx.repo.kind() {
-        RepoKind::Remote => Some(remote_record(ctx, &decision).await?.0),
-        _ => {
-            ctx.app
-                .storage
-                .meta
-                .get(&ctx.repo.name, &decision.key)
-                .await?
-        }
-    };
-    match record {
-        Some(record) => rewrite_document(ctx, &plugin, &record).await,
-        None => Ok(None),
-    }
-}
-
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    == Some(0.0)
-            });
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-        })
-}
-
-/// Answers with an index document, gzipped when the client accepts it.
-pub(super) async fn document_response(
-    ctx: &Ctx,
-    plugin: &LoadedPlugin,
-    document: Document,
-    source: &'static str,
-) -> Result<Response, AppError> {
-    let mut builder = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, document.content_type)
-        .header(header::CACHE_CONTROL, "no-cache")
-        .header(header::VARY, "Accept, Accept-Encoding")
-        .header(SOURCE_HEADER, source)
-        .header(PLUGIN_HEADER, plugin.label());
-    let mut body = document.body;
-    if !ctx.is_head() && body.len() >= GZIP_MIN && accepts_gzip(&ctx.headers) {
-        body = tokio::task::spawn_blocking(move || {
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            encoder.write_all(&body)?;
-            encoder.finish()
-        })
+/// Runs a plugin rendering on the blocking pool: a large document takes
+/// milliseconds that the async workers owe to other requests.
+pub(super) async fn off_workers<T: Send + 'static>(
+    task: impl std::future::Future<Output = Result<T, AppError>> + Send + 'static,
+) -> Result<T, AppError> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(task))
         .await
         .map_err(AppError::internal)?
-        .map_err(AppError::internal)?;
-        builder = builder.header(header::CONTENT_ENCODING, "gzip");
-    }
-    builder = builder.header(header::CONTENT_LENGTH, body.len());
-    let body = if ctx.is_head() {
-        Body::empty()
-    } else {
-        Body::from(body)
-    };
-    builder.body(body).map_err(AppError::internal)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A rendered document with its gzip form and ETags, computed once.
+pub(super) async fn finish(
+    document: Document,
+    stale_at: Option<i64>,
+) -> Result<Arc<Rendered>, AppError> {
+    let content_type = HeaderValue::from_str(&document.content_type).map_err(|_| {
+        AppError::new(
+            StatusCode::BAD_GATEWAY,
+            "PLUGIN_FAILED",
+            format!("invalid content type {:?}", document.content_type),
+        )
+    })?;
+    tokio::task::spawn_blocking(move || {
+        let identity = Bytes::from(document.body);
+        let hash = hex::encode(&Sha256::digest(&identity)[..16]);
+        let gzip = if identity.len() as u64 >= GZIP_MIN {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder.write_all(&identity)?;
+            Some(Bytes::from(encoder.finish()?))
+        } else {
+            None
+        };
+        let etag = |text: String| HeaderValue::from_str(&text).map_err(std::io::Error::other);
+        Ok::<_, std::io::Error>(Arc::new(Rendered {
+            content_type,
+            identity,
+            gzip,
+            etag: etag(format!("\"{hash}\""))?,
+            gzip_etag: etag(format!("\"{hash}-gzip\""))?,
+            stale_at,
+        }))
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(AppError::internal)
+}
 
-    fn with(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT_ENCODING, value.parse().unwrap());
-        headers
-    }
-
-    #[test]
-    fn gzip_negotiation() {
-        assert!(accepts_gzip(&with("gzip, deflate, br")));
-        assert!(accepts_gzip(&with("br;q=1.0, gzip;q=0.8")));
-        assert!(accepts_gzip(&with("*")));
-        assert!(!accepts_gzip(&with("gzip;q=0")));
-        assert!(!accepts_gzip(&with("identity")));
-        assert!(!accepts_gzip(&HeaderMap::new()));
-    }
+/// Answers with a rendered document: gzipped when the client accepts it,
+/// 304 when the client holds these bytes. `fresh_until` is when the copy
+/// behind it stops being fresh here (None: it is revalidated on every use).
+pub(super) fn respond(
+    ctx: &Ctx,
+    call: &PluginCall,
+    rendered: &Rendered,
+    outcome: Outcome,
+    fresh_until: Option<i64>,
+) -> Result<Response, AppError> {
+    let gzip = rendered
+        .gzip
+        .as_ref()
+        .filter(|_| accepts_gzip(&ctx.headers));
+    let etag = if gzip.is_some() {
+        &rendered.gzip_etag
+    } else {
+        &rendered.etag
+    };
+    let now = now_secs();
+    let cache_control = match fresh_until.filter(|_| outcome != Outcome::Stale) {
+        Some(until) => {
+            let until = rendered.stale_at.map_or(until, |at| at.min(until));
+            format!("public, max-age={}", (until - now).max(0))
+        }
+        None => "no-cache".to_string(),
+    };
+    let builder = Response::builder()
+        .header(header::CONTENT_TYPE, rendered.content_type.clone())
+        .header(header::ETAG, etag.clone())
+        .header(header::CACHE_CONTROL, cache_control)
+        .header(header::VARY, "Accept, Accept-Encoding")
+        .header(PLUGIN_HEADER, call.label());
+    let client_has_it = ctx
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| if_none_match(tags, etag.to_str().unwrap_or_default()));
+    let (builder, body) = if client_has_it {
+        (builder.status(StatusCode::NOT_MODIFIED), Body::empty())
+    } else {
+        let bytes = gzip.unwrap_or(&rendered.identity).clone();
+        let mut builder = builder
+            .status(StatusCode::OK)
+            .header(header::CONTENT_LENGTH, bytes.len());
+        if gzip.is_some() {
+            builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        }
+        let body = if ctx.is_head() {
+            Body::empty()
+        } else {
+            Body::from(bytes)
+        };
+        (builder, body)
+    };
+    let mut response = builder.body(body).map_err(AppError::internal)?;
+    outcome.mark(&mut response);
+    Ok(response)
 }

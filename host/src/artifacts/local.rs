@@ -1,4 +1,4 @@
-//! Local repositories: uploads and deletes.
+//! Local repositories: reads, uploads and deletes.
 
 use axum::body::Body;
 use axum::http::{header, StatusCode};
@@ -6,10 +6,38 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{decide, Ctx, CHECKSUM_HEADER};
+use super::decision::{decide, Decision};
+use super::{index, respond, Ctx, Outcome, CHECKSUM_HEADER};
 use crate::error::AppError;
 use crate::storage::{Digest, ObjectRecord, Origin};
 use crate::util::now_secs;
+
+/// `GET`/`HEAD`: a stored file, or an index document rendered for the
+/// client.
+pub(super) async fn read(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
+    let record = ctx
+        .app
+        .storage
+        .meta
+        .get(&ctx.repo.name, &decision.key)
+        .await?
+        .ok_or_else(|| {
+            AppError::not_found(format!(
+                "{} is not in repository {}",
+                ctx.target.path, ctx.repo.name
+            ))
+        })?;
+    let missing = || AppError::internal(format!("blob {} is missing", record.digest));
+    if let (true, Some(call)) = (decision.rewrite, &decision.plugin) {
+        let rendered = index::rendered(ctx, call, &record)
+            .await?
+            .ok_or_else(missing)?;
+        return index::respond(ctx, call, &rendered, Outcome::Local, None);
+    }
+    respond::file(ctx, decision, &record, Outcome::Local)
+        .await?
+        .ok_or_else(missing)
+}
 
 /// `PUT`: stores the body under the path, verifying `X-Checksum-Sha256` and
 /// `Content-Length` when sent.
@@ -61,13 +89,12 @@ pub(super) async fn upload(ctx: &Ctx, body: Body) -> Result<Response, AppError> 
     }
     let size = finished.size;
     let digest = storage.cas.commit(finished).await?;
-    let content_type = ctx
+    let sent = ctx
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or(decision.content_type)
-        .unwrap_or_else(|| "application/octet-stream".into());
+        .filter(|t| respond::meaningful(t));
+    let content_type = respond::content_type_for(path, sent.or(decision.content_type.as_deref()));
     let record = ObjectRecord {
         repo: ctx.repo.name.clone(),
         path: decision.key,

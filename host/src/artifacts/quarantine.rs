@@ -17,22 +17,29 @@ use bytes::Bytes;
 use super::Ctx;
 use crate::error::AppError;
 use crate::plugins::bindings::artifactapi::plugin::types::Publication;
+use crate::storage::Key;
 use crate::util::{now_secs, rfc3339_secs};
 
 /// Window length when `quarantine_new` is set without `quarantine_days`.
 const DEFAULT_DAYS: u32 = 7;
 
-/// The instant before which publications are out of quarantine, if the
+/// How long new publications stay in quarantine, in seconds, if the
 /// repository quarantines at all.
-pub(super) fn cutoff(ctx: &Ctx) -> Option<i64> {
+pub(super) fn window(ctx: &Ctx) -> Option<i64> {
     let entry = &ctx.repo.entry;
     entry
         .quarantine_new
-        .then(|| now_secs() - i64::from(entry.quarantine_days.unwrap_or(DEFAULT_DAYS)) * 86_400)
+        .then(|| i64::from(entry.quarantine_days.unwrap_or(DEFAULT_DAYS)) * 86_400)
+}
+
+/// The instant before which publications are out of quarantine, if the
+/// repository quarantines at all.
+pub(super) fn cutoff(ctx: &Ctx) -> Option<i64> {
+    window(ctx).map(|window| now_secs() - window)
 }
 
 fn key(repo: &str, path: &str) -> String {
-    format!("published/{repo}/{path}")
+    Key::Published { repo, path }.to_string()
 }
 
 /// Remembers the publish times a plugin read from an index, for the files

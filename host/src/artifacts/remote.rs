@@ -8,18 +8,46 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 
-use super::{plugin_answer, quarantine, serve_record, Ctx, Decision, PLUGIN_HEADER, SOURCE_HEADER};
+use super::decision::Decision;
+use super::{index, quarantine, respond, Ctx, Outcome, PLUGIN_HEADER};
 use crate::error::AppError;
-use crate::fill::{negative_key, upstream_failure, Fill, FillError, FillJob, FillState};
-use crate::storage::{Digest, ObjectRecord, Origin};
+use crate::fill::{upstream_failure, Fill, FillError, FillJob, FillState};
+use crate::storage::{Key, ObjectRecord, Origin};
 use crate::upstream_auth::{Credentials, Upstream};
 use crate::util::now_secs;
 
 /// How long a failing upstream is left alone while stale copies are served.
 const STALE_BACKOFF: Duration = Duration::from_secs(10);
 
-fn fresh(record: &ObjectRecord, now: i64) -> bool {
-    record.expires_at.is_none_or(|at| at > now)
+/// The stored copy of an object and what it is good for.
+pub(super) enum Freshness {
+    /// Fresh: serve it.
+    Fresh(ObjectRecord),
+    /// Expired while its upstream is in back-off: serve it as stale.
+    Stale(ObjectRecord),
+    /// Expired: ask the upstream (revalidating it).
+    Expired(ObjectRecord),
+    /// Not stored.
+    Missing,
+}
+
+/// Where the stored copy of the decided object stands.
+pub(super) async fn freshness(ctx: &Ctx, decision: &Decision) -> Result<Freshness, AppError> {
+    let storage = &ctx.app.storage;
+    let Some(record) = storage.meta.get(&ctx.repo.name, &decision.key).await? else {
+        return Ok(Freshness::Missing);
+    };
+    if record.expires_at.is_none_or(|at| at > now_secs()) {
+        return Ok(Freshness::Fresh(record));
+    }
+    let backoff = Key::Backoff {
+        repo: &ctx.repo.name,
+        key: &record.path,
+    };
+    Ok(match storage.cache.get(&backoff.to_string()).await? {
+        Some(_) => Freshness::Stale(record),
+        None => Freshness::Expired(record),
+    })
 }
 
 /// Refuses an immutable file still in quarantine (mutable indexes and tags
@@ -35,176 +63,190 @@ async fn quarantined(
     quarantine::check(ctx, last_modified).await
 }
 
-fn backoff_key(repo: &str, key: &str) -> String {
-    format!("backoff/{repo}/{key}")
-}
-
-/// What to do with a stored copy.
-#[derive(PartialEq)]
-enum Standing {
-    /// Serve it: it is fresh.
-    Fresh,
-    /// Serve it as stale: it expired while its upstream is in back-off.
-    Stale,
-    /// Ask the upstream.
-    Expired,
-}
-
-async fn standing(ctx: &Ctx, record: &ObjectRecord) -> Result<Standing, AppError> {
-    if fresh(record, now_secs()) {
-        return Ok(Standing::Fresh);
-    }
-    let key = backoff_key(&ctx.repo.name, &record.path);
-    Ok(match ctx.app.storage.cache.get(&key).await? {
-        Some(_) => Standing::Stale,
-        None => Standing::Expired,
-    })
-}
-
 /// Answers a GET or HEAD on a remote repository.
-pub(super) async fn read_remote(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
-    let mut existing = ctx
-        .app
-        .storage
-        .meta
-        .get(&ctx.repo.name, &decision.key)
-        .await?;
-    if let Some(record) = &existing {
-        let standing = standing(ctx, record).await?;
-        if ctx.is_head() || standing != Standing::Expired {
-            quarantined(ctx, decision, record.upstream_last_modified.as_deref()).await?;
-            match serve_record(ctx, decision, record, "cache").await? {
-                Some(mut response) => {
-                    if standing == Standing::Stale {
-                        mark_stale(&mut response);
-                    }
-                    return Ok(response);
-                }
-                // The blob is gone: fetch it again rather than revalidate.
-                None => existing = None,
+pub(super) async fn read(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
+    if let (true, Some(call)) = (decision.rewrite, &decision.plugin) {
+        let (record, outcome) = stored(ctx, decision, false).await?;
+        let (record, outcome, rendered) = match index::rendered(ctx, call, &record).await? {
+            Some(rendered) => (record, outcome, rendered),
+            None => {
+                let (record, outcome) = stored(ctx, decision, true).await?;
+                let rendered = index::rendered(ctx, call, &record)
+                    .await?
+                    .ok_or_else(|| AppError::internal("index document vanished after its fill"))?;
+                (record, outcome, rendered)
             }
-        }
+        };
+        return index::respond(ctx, call, &rendered, outcome, record.expires_at);
     }
-    if decision.rewrite {
-        let (record, source, stale) = remote_record(ctx, decision).await?;
-        let mut response = serve_record(ctx, decision, &record, source)
-            .await?
-            .ok_or_else(|| AppError::internal("object vanished after its fill"))?;
-        if stale {
-            mark_stale(&mut response);
+    let existing = match freshness(ctx, decision).await? {
+        Freshness::Fresh(record) => serve_copy(ctx, decision, record, Outcome::Hit).await?,
+        Freshness::Stale(record) => serve_copy(ctx, decision, record, Outcome::Stale).await?,
+        Freshness::Expired(record) if ctx.is_head() => {
+            serve_copy(ctx, decision, record, Outcome::Hit).await?
         }
-        return Ok(response);
-    }
+        Freshness::Expired(record) => Err(Some(record)),
+        Freshness::Missing => Err(None),
+    };
+    let existing = match existing {
+        Ok(response) => return Ok(response),
+        Err(existing) => existing,
+    };
     if ctx.is_head() {
         refuse_if_missing_upstream(ctx, decision).await?;
-        let (url, headers) = upstream_request(ctx, decision).await?;
-        return head_upstream(ctx, decision, &url, &headers).await;
+        return head_upstream(ctx, decision).await;
     }
     let fill = start_fill(ctx, decision, existing.as_ref()).await?;
     match fill.started().await {
-        FillState::Streaming { .. } => {
-            let head = fill.head().cloned();
-            let modified = head.as_ref().and_then(|h| h.last_modified.as_deref());
-            quarantined(ctx, decision, modified).await?;
-            let content_type = head
-                .as_ref()
-                .and_then(|h| h.content_type.clone())
-                .or_else(|| decision.content_type.clone())
-                .unwrap_or_else(|| "application/octet-stream".into());
-            let mut builder = Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, content_type)
-                .header(SOURCE_HEADER, "remote");
-            if let Some(head) = head {
-                if let Some(len) = head.content_length {
-                    builder = builder.header(header::CONTENT_LENGTH, len);
-                }
-                if let Some(modified) = head.last_modified {
-                    builder = builder.header(header::LAST_MODIFIED, modified);
-                }
-            }
-            if let Some(plugin) = &decision.plugin {
-                builder = builder.header(PLUGIN_HEADER, plugin.label());
-            }
-            builder
-                .body(Body::from_stream(fill.body()))
-                .map_err(AppError::internal)
-        }
+        FillState::Streaming { .. } => stream_fill(ctx, decision, &fill).await,
         FillState::Done { record } => {
             quarantined(ctx, decision, record.upstream_last_modified.as_deref()).await?;
-            serve_record(ctx, decision, &record, source(existing.as_ref(), &record))
+            respond::file(ctx, decision, &record, filled(existing.as_ref(), &record))
                 .await?
                 .ok_or_else(|| AppError::internal("object vanished after its fill"))
         }
         FillState::Failed(e) => match usable_stale(ctx, existing.as_ref(), &e) {
-            Some(record) => {
-                let mut response = serve_record(ctx, decision, record, "cache")
-                    .await?
-                    .ok_or_else(|| upstream_error(ctx, &e))?;
-                mark_stale(&mut response);
-                Ok(response)
-            }
+            Some(record) => respond::file(ctx, decision, record, Outcome::Stale)
+                .await?
+                .ok_or_else(|| upstream_error(ctx, &e)),
             None => Err(upstream_error(ctx, &e)),
         },
         FillState::Connecting => Err(AppError::internal("fill reported no progress")),
     }
 }
 
-/// The stored record of a remote object, fetching it first unless a fresh
-/// copy is stored: (record, `cache` or `remote`, whether it is a stale copy
-/// served because the upstream failed).
-pub(super) async fn remote_record(
+/// Serves a stored copy of a file: Ok with the answer, or Err with the
+/// copy to revalidate (None when its blob is gone and it must be fetched
+/// again).
+async fn serve_copy(
     ctx: &Ctx,
     decision: &Decision,
-) -> Result<(ObjectRecord, &'static str, bool), AppError> {
-    let storage = &ctx.app.storage;
-    let mut existing = storage.meta.get(&ctx.repo.name, &decision.key).await?;
-    if let Some(record) = &existing {
-        let present = match Digest::parse(&record.digest) {
-            Some(digest) => storage.cas.size(&digest).await?.is_some(),
-            None => false,
-        };
-        if !present {
-            existing = None;
-        } else {
-            match standing(ctx, record).await? {
-                Standing::Fresh => return Ok((record.clone(), "cache", false)),
-                Standing::Stale => return Ok((record.clone(), "cache", true)),
-                Standing::Expired => {}
-            }
+    record: ObjectRecord,
+    outcome: Outcome,
+) -> Result<Result<Response, Option<ObjectRecord>>, AppError> {
+    quarantined(ctx, decision, record.upstream_last_modified.as_deref()).await?;
+    Ok(
+        match respond::file(ctx, decision, &record, outcome).await? {
+            Some(response) => Ok(response),
+            None => Err(None),
+        },
+    )
+}
+
+/// Streams a fill's body to the client as it arrives.
+async fn stream_fill(
+    ctx: &Ctx,
+    decision: &Decision,
+    fill: &Arc<Fill>,
+) -> Result<Response, AppError> {
+    let head = fill.head().cloned();
+    let modified = head.as_ref().and_then(|h| h.last_modified.as_deref());
+    quarantined(ctx, decision, modified).await?;
+    let content_type = head
+        .as_ref()
+        .and_then(|h| h.content_type.clone())
+        .unwrap_or_else(|| fill_content_type(ctx, decision));
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type);
+    if let Some(head) = head {
+        if let Some(len) = head.content_length {
+            builder = builder.header(header::CONTENT_LENGTH, len);
+        }
+        if let Some(modified) = head.last_modified {
+            builder = builder.header(header::LAST_MODIFIED, modified);
         }
     }
+    if let Some(plugin) = &decision.plugin {
+        builder = builder.header(PLUGIN_HEADER, plugin.label());
+    }
+    let mut response = builder
+        .body(Body::from_stream(fill.body()))
+        .map_err(AppError::internal)?;
+    Outcome::Miss.mark(&mut response);
+    Ok(response)
+}
+
+/// The stored record of a remote object served whole from storage (an
+/// index document, a manifest, a tag list), filling it first unless a fresh
+/// copy is stored; `refetch` ignores the stored copy (its blob is gone).
+pub(super) async fn stored(
+    ctx: &Ctx,
+    decision: &Decision,
+    refetch: bool,
+) -> Result<(ObjectRecord, Outcome), AppError> {
+    let state = if refetch {
+        Freshness::Missing
+    } else {
+        freshness(ctx, decision).await?
+    };
+    let existing = match state {
+        Freshness::Fresh(record) => return Ok((record, Outcome::Hit)),
+        Freshness::Stale(record) => return Ok((record, Outcome::Stale)),
+        Freshness::Expired(record) => Some(record),
+        Freshness::Missing => None,
+    };
     let fill = start_fill(ctx, decision, existing.as_ref()).await?;
     match fill.finished().await {
         Ok(record) => {
-            let source = source(existing.as_ref(), &record);
-            Ok((record, source, false))
+            let outcome = filled(existing.as_ref(), &record);
+            Ok((record, outcome))
         }
         Err(e) => match usable_stale(ctx, existing.as_ref(), &e) {
-            Some(record) => Ok((record.clone(), "cache", true)),
+            Some(record) => Ok((record.clone(), Outcome::Stale)),
             None => Err(upstream_error(ctx, &e)),
         },
     }
 }
 
-/// `cache` when a fill only revalidated the copy already stored.
-fn source(existing: Option<&ObjectRecord>, record: &ObjectRecord) -> &'static str {
+/// Serves a remote object whole from storage through [`stored`], fetching
+/// it again if its blob went missing: the answer, the record and how it
+/// was got.
+pub(super) async fn serve_stored(
+    ctx: &Ctx,
+    decision: &Decision,
+) -> Result<(Response, ObjectRecord, Outcome), AppError> {
+    let (record, outcome) = stored(ctx, decision, false).await?;
+    if let Some(response) = respond::file(ctx, decision, &record, outcome).await? {
+        return Ok((response, record, outcome));
+    }
+    let (record, outcome) = stored(ctx, decision, true).await?;
+    let response = respond::file(ctx, decision, &record, outcome)
+        .await?
+        .ok_or_else(|| AppError::internal("object vanished after its fill"))?;
+    Ok((response, record, outcome))
+}
+
+/// How a finished fill was got: a revalidation when it kept the copy
+/// already stored, else a fetch.
+fn filled(existing: Option<&ObjectRecord>, record: &ObjectRecord) -> Outcome {
     let same = existing
         .is_some_and(|old| old.digest == record.digest && old.stored_at == record.stored_at);
     if same {
-        "cache"
+        Outcome::Revalidated
     } else {
-        "remote"
+        Outcome::Miss
     }
 }
 
 /// 404 without asking the upstream when it said 404 for this object lately.
 async fn refuse_if_missing_upstream(ctx: &Ctx, decision: &Decision) -> Result<(), AppError> {
-    let key = negative_key(&ctx.repo.name, &decision.key);
-    if ctx.app.storage.cache.get(&key).await?.is_some() {
-        return Err(upstream_error(ctx, &FillError::Status(404)));
+    let key = Key::Negative {
+        repo: &ctx.repo.name,
+        key: &decision.key,
+    };
+    if ctx.app.storage.cache.get(&key.to_string()).await?.is_some() {
+        return Err(upstream_error(ctx, &FillError::Status(404)).with_outcome(Outcome::Negative));
     }
     Ok(())
+}
+
+/// The media type recorded when the upstream sends none.
+fn fill_content_type(ctx: &Ctx, decision: &Decision) -> String {
+    match &decision.content_type {
+        Some(content_type) => content_type.clone(),
+        None => respond::content_type_for(&ctx.target.path, None),
+    }
 }
 
 /// Joins the fill of this object, or starts one; `existing` is an expired
@@ -240,10 +282,7 @@ async fn start_fill(
             path: decision.key.clone(),
             digest: String::new(),
             size: 0,
-            content_type: decision
-                .content_type
-                .clone()
-                .unwrap_or_else(|| "application/octet-stream".into()),
+            content_type: fill_content_type(ctx, decision),
             origin: Origin::Remote,
             mutable: decision.mutable,
             stored_at: now_secs(),
@@ -275,50 +314,35 @@ async fn upstream_request(
         .base_url
         .as_deref()
         .ok_or_else(|| AppError::internal("remote repository without base_url"))?;
-    let (url, headers) = match &decision.plugin {
-        None => {
-            let mut url = format!("{base}/{}", ctx.target.raw_path);
-            if !ctx.target.query.is_empty() {
-                url.push('?');
-                url.push_str(&ctx.target.query);
-            }
-            (url, Vec::new())
+    let Some(call) = &decision.plugin else {
+        let mut url = format!("{base}/{}", ctx.target.raw_path);
+        if !ctx.target.query.is_empty() {
+            url.push('?');
+            url.push_str(&ctx.target.query);
         }
-        Some(plugin) => {
-            let outcome = ctx
-                .app
-                .plugins
-                .prepare_upstream(
-                    plugin,
-                    ctx.scope(plugin),
-                    ctx.repo_context(),
-                    ctx.request_info(),
-                )
-                .await;
-            let request = plugin_answer(plugin, outcome)?;
-            let allowed = crate::config::origin_of(&request.url)
-                .is_some_and(|origin| ctx.repo.upstream_origins().contains(&origin));
-            if !allowed {
-                return Err(AppError::new(
-                    StatusCode::BAD_GATEWAY,
-                    "PLUGIN_FAILED",
-                    format!(
-                        "plugin {} asked for {:?}, which is not an upstream of repository {}",
-                        plugin.label(),
-                        request.url,
-                        ctx.repo.name
-                    ),
-                ));
-            }
-            let headers = request
-                .headers
-                .into_iter()
-                .map(|h| (h.name, h.value))
-                .collect();
-            (request.url, headers)
-        }
+        return Ok((url, Vec::new()));
     };
-    Ok((url, headers))
+    let request = call.prepare_upstream(ctx.public_headers()).await?;
+    let allowed = crate::config::origin_of(&request.url)
+        .is_some_and(|origin| ctx.repo.origins.contains(&origin));
+    if !allowed {
+        return Err(AppError::new(
+            StatusCode::BAD_GATEWAY,
+            "PLUGIN_FAILED",
+            format!(
+                "plugin {} asked for {:?}, which is not an upstream of repository {}",
+                call.label(),
+                request.url,
+                ctx.repo.name
+            ),
+        ));
+    }
+    let headers = request
+        .headers
+        .into_iter()
+        .map(|h| (h.name, h.value))
+        .collect();
+    Ok((request.url, headers))
 }
 
 /// The repository's upstream with its credentials; challenges are
@@ -346,14 +370,10 @@ fn upstream(ctx: &Ctx, decision: &Decision) -> Upstream {
 }
 
 /// A HEAD for an object not in the cache: asks the upstream, stores nothing.
-async fn head_upstream(
-    ctx: &Ctx,
-    decision: &Decision,
-    url: &str,
-    headers: &[(String, String)],
-) -> Result<Response, AppError> {
+async fn head_upstream(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
+    let (url, headers) = upstream_request(ctx, decision).await?;
     let upstream = upstream(ctx, decision)
-        .send(reqwest::Method::HEAD, url, headers)
+        .send(reqwest::Method::HEAD, &url, &headers)
         .await
         .map_err(|e| upstream_error(ctx, &upstream_failure(e)))?;
     let status = upstream.status().as_u16();
@@ -365,21 +385,14 @@ async fn head_upstream(
         .get(header::LAST_MODIFIED)
         .and_then(|v| v.to_str().ok());
     quarantined(ctx, decision, modified).await?;
+    let content_type = match upstream.headers().get(header::CONTENT_TYPE) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from_str(&fill_content_type(ctx, decision))
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    };
     let mut builder = Response::builder()
         .status(StatusCode::OK)
-        .header(SOURCE_HEADER, "remote");
-    let content_type = upstream
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .cloned()
-        .or_else(|| {
-            decision
-                .content_type
-                .as_deref()
-                .and_then(|t| HeaderValue::from_str(t).ok())
-        })
-        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    builder = builder.header(header::CONTENT_TYPE, content_type);
+        .header(header::CONTENT_TYPE, content_type);
     for name in [header::CONTENT_LENGTH, header::LAST_MODIFIED] {
         if let Some(value) = upstream.headers().get(&name) {
             builder = builder.header(name, value);
@@ -388,7 +401,9 @@ async fn head_upstream(
     if let Some(plugin) = &decision.plugin {
         builder = builder.header(PLUGIN_HEADER, plugin.label());
     }
-    builder.body(Body::empty()).map_err(AppError::internal)
+    let mut response = builder.body(Body::empty()).map_err(AppError::internal)?;
+    Outcome::Miss.mark(&mut response);
+    Ok(response)
 }
 
 fn upstream_error(ctx: &Ctx, error: &FillError) -> AppError {
@@ -429,7 +444,11 @@ fn usable_stale<'a>(
         FillError::Broken(_) => false,
     };
     let record = existing.filter(|_| upstream_down)?;
-    let backoff = backoff_key(&ctx.repo.name, &record.path);
+    let backoff = Key::Backoff {
+        repo: &ctx.repo.name,
+        key: &record.path,
+    }
+    .to_string();
     let cache = ctx.app.storage.cache.clone();
     tokio::spawn(async move {
         if let Err(e) = cache
@@ -446,11 +465,4 @@ fn usable_stale<'a>(
         "serving a stale copy: the upstream is failing"
     );
     Some(record)
-}
-
-pub(super) fn mark_stale(response: &mut Response) {
-    response.headers_mut().insert(
-        header::WARNING,
-        HeaderValue::from_static("110 artifactapi \"Response is Stale\""),
-    );
 }

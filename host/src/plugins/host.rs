@@ -56,7 +56,11 @@ impl CallScope {
                 "keys are 1 to 512 bytes".into(),
             ));
         }
-        Ok((format!("plugin/{}/{}", self.plugin, key), self.storage()?))
+        let key = crate::storage::Key::Plugin {
+            plugin: &self.plugin,
+            key,
+        };
+        Ok((key.to_string(), self.storage()?))
     }
 
     fn storage(&self) -> Result<&Storage, store_types::StoreError> {

@@ -323,7 +323,7 @@ fn check_info(info: &PluginInfo) -> anyhow::Result<()> {
     if !token(&info.name) {
         anyhow::bail!("describe returned an invalid name {:?}", info.name);
     }
-    if !token(&info.package_type) || info.package_type == "generic" {
+    if !token(&info.package_type) || info.package_type == crate::config::GENERIC {
         anyhow::bail!(
             "describe returned an invalid package type {:?}",
             info.package_type

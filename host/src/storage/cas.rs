@@ -71,10 +71,13 @@ impl fmt::Debug for Digest {
     }
 }
 
-/// A stored object's bytes: a local file read in large steps, or a stream.
+/// A stored object's bytes: read whole, a local file read in large steps,
+/// or a stream.
 pub enum BlobBody {
-    /// A file on local disk and the byte range to send.
-    File(Arc<std::fs::File>, Range<u64>),
+    /// The whole requested range, read at once (small objects).
+    Bytes(Bytes),
+    /// The first bytes of the range, then the rest of it from a local file.
+    File(Bytes, Arc<std::fs::File>, Range<u64>),
     /// A stream from a remote backend.
     Stream(BoxStream<'static, io::Result<Bytes>>),
 }
@@ -83,36 +86,41 @@ impl BlobBody {
     /// The body as a stream of chunks.
     pub fn into_stream(self) -> BoxStream<'static, io::Result<Bytes>> {
         match self {
-            BlobBody::File(file, range) => file_stream(file, range).boxed(),
+            BlobBody::Bytes(bytes) => futures::stream::once(async { Ok(bytes) }).boxed(),
+            BlobBody::File(first, file, rest) => futures::stream::once(async { Ok(first) })
+                .chain(file_stream(file, rest))
+                .boxed(),
             BlobBody::Stream(stream) => stream,
         }
     }
 }
 
+/// Reads `len` bytes at `offset` of `file`, failing if it is shorter.
+fn read_exact_at(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if filled < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "stored object is shorter than recorded",
+        ));
+    }
+    Ok(buf.freeze())
+}
+
 /// Reads `len` bytes at `offset` off the async workers.
 pub async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::zeroed(len);
-        let mut filled = 0;
-        while filled < len {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if filled < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "stored object is shorter than recorded",
-            ));
-        }
-        buf.truncate(filled);
-        Ok(buf.freeze())
-    })
-    .await
-    .map_err(io::Error::other)?
+    tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len))
+        .await
+        .map_err(io::Error::other)?
 }
 
 /// Streams a byte range of a file in `READ_CHUNK` steps.
@@ -147,6 +155,8 @@ pub struct Cas {
     store: Arc<dyn ObjectStore>,
     spool_dir: PathBuf,
     staging: Staging,
+    /// The folder of a local store, whose objects are opened directly.
+    local_root: Option<PathBuf>,
 }
 
 /// A spool file being written: bytes are hashed and written at once.
@@ -254,6 +264,7 @@ impl Cas {
             store: Arc::new(store),
             spool_dir: dir.join("staging"),
             staging: Staging::InStore,
+            local_root: Some(dir.to_path_buf()),
         })
     }
 
@@ -264,6 +275,7 @@ impl Cas {
             store,
             spool_dir: spool_dir.to_path_buf(),
             staging: Staging::Upload,
+            local_root: None,
         })
     }
 
@@ -353,7 +365,7 @@ impl Cas {
     /// staged long before the upload completes), so the garbage collector
     /// spares it until the record that references it is written.
     pub async fn promote(&self, key: &str, digest: &Digest) -> anyhow::Result<()> {
-        if let (Staging::InStore, Some(root)) = (&self.staging, self.spool_dir.parent()) {
+        if let Some(root) = &self.local_root {
             let path = root.join(key);
             tokio::task::spawn_blocking(move || {
                 std::fs::File::options()
@@ -410,12 +422,18 @@ impl Cas {
         }
     }
 
-    /// Opens a stored object, or a range of it; None when absent.
+    /// Opens a stored object, or a range of it; None when absent. From a
+    /// local store this is one step off the async workers, which also reads
+    /// the first [`READ_CHUNK`] bytes: a small object is read whole.
     pub async fn open(
         &self,
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> anyhow::Result<Option<BlobBody>> {
+        if let Some(root) = &self.local_root {
+            let path = root.join(digest.key().as_ref());
+            return Ok(tokio::task::spawn_blocking(move || open_local(&path, range)).await??);
+        }
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
             ..Default::default()
@@ -427,7 +445,9 @@ impl Cas {
         };
         let range = result.range.clone();
         Ok(Some(match result.payload {
-            GetResultPayload::File(file, _) => BlobBody::File(Arc::new(file), range),
+            GetResultPayload::File(file, _) => {
+                BlobBody::Stream(file_stream(Arc::new(file), range).boxed())
+            }
             GetResultPayload::Stream(stream) => {
                 BlobBody::Stream(stream.map(|r| r.map_err(io::Error::other)).boxed())
             }
@@ -526,6 +546,28 @@ impl Cas {
             _ => Ok(()),
         }
     }
+}
+
+/// Opens a file of a local store and reads its first bytes; None when absent.
+fn open_local(path: &Path, range: Option<Range<u64>>) -> io::Result<Option<BlobBody>> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    let range = match range {
+        Some(range) => range.start.min(size)..range.end.min(size),
+        None => 0..size,
+    };
+    let first_len = (range.end - range.start).min(READ_CHUNK as u64);
+    let first = read_exact_at(&file, range.start, first_len as usize)?;
+    let rest = range.start + first_len..range.end;
+    Ok(Some(if rest.is_empty() {
+        BlobBody::Bytes(first)
+    } else {
+        BlobBody::File(first, Arc::new(file), rest)
+    }))
 }
 
 /// A blob as [`Cas::blobs`] lists it.

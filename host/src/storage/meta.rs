@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -132,15 +133,81 @@ pub trait MetaStore: Send + Sync {
     fn record_hit(&self, repo: &str, path: &str);
     /// Writes the hits counted in memory so far.
     async fn flush_hits(&self) -> anyhow::Result<()>;
+    /// Statements sent to the database since the store was opened.
+    fn queries(&self) -> u64;
 }
 
-/// Hits counted in memory, by repository and path.
-type PendingHits = Mutex<HashMap<String, HashMap<String, u64>>>;
+/// Shards of the hit counts: requests for different objects rarely wait
+/// on one another to count.
+const HIT_SHARDS: usize = 16;
+
+/// Hits counted in memory, by repository and path, in shards chosen by
+/// the pair's hash.
+#[derive(Default)]
+struct PendingHits {
+    shards: [Mutex<HashMap<String, HashMap<String, u64>>>; HIT_SHARDS],
+}
+
+impl PendingHits {
+    fn count(&self, repo: &str, path: &str) {
+        let shard = &self.shards[shard_of(repo, path)];
+        let mut counts = shard.lock().expect("hit counts poisoned");
+        match counts.get_mut(repo) {
+            Some(paths) => match paths.get_mut(path) {
+                Some(count) => *count += 1,
+                None => {
+                    paths.insert(path.to_string(), 1);
+                }
+            },
+            None => {
+                counts.insert(repo.to_string(), HashMap::from([(path.to_string(), 1)]));
+            }
+        }
+    }
+
+    /// Takes every count, leaving zero.
+    fn take(&self) -> HashMap<String, HashMap<String, u64>> {
+        let mut all: HashMap<String, HashMap<String, u64>> = HashMap::new();
+        for shard in &self.shards {
+            let taken = std::mem::take(&mut *shard.lock().expect("hit counts poisoned"));
+            for (repo, paths) in taken {
+                all.entry(repo).or_default().extend(paths);
+            }
+        }
+        all
+    }
+
+    /// Puts counts that could not be written back, to be written next time.
+    fn restore(&self, batch: HashMap<String, HashMap<String, u64>>) {
+        for (repo, paths) in batch {
+            for (path, count) in paths {
+                let shard = &self.shards[shard_of(&repo, &path)];
+                let mut counts = shard.lock().expect("hit counts poisoned");
+                *counts
+                    .entry(repo.clone())
+                    .or_default()
+                    .entry(path)
+                    .or_default() += count;
+            }
+        }
+    }
+}
+
+/// The shard of a repository's path: FNV-1a over both.
+fn shard_of(repo: &str, path: &str) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in repo.bytes().chain([0]).chain(path.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % HIT_SHARDS as u64) as usize
+}
 
 /// The embedded store: one SQLite file.
 pub struct SqliteMeta {
-    pub(super) pool: SqlitePool,
+    pool: SqlitePool,
     hits: Arc<PendingHits>,
+    queries: AtomicU64,
 }
 
 impl SqliteMeta {
@@ -158,7 +225,17 @@ impl SqliteMeta {
         sqlx::migrate!("./migrations").run(&pool).await?;
         let hits = Arc::new(PendingHits::default());
         tokio::spawn(flush_hits_regularly(pool.clone(), Arc::downgrade(&hits)));
-        Ok(SqliteMeta { pool, hits })
+        Ok(SqliteMeta {
+            pool,
+            hits,
+            queries: AtomicU64::new(0),
+        })
+    }
+
+    /// The pool, counting the statement about to be sent.
+    pub(super) fn db(&self) -> &SqlitePool {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        &self.pool
     }
 }
 
@@ -178,7 +255,7 @@ async fn flush_hits_regularly(pool: SqlitePool, hits: Weak<PendingHits>) {
 /// Adds the pending hits to the database in one transaction; on failure
 /// they are put back to be written next time.
 async fn write_hits(pool: &SqlitePool, hits: &PendingHits) -> anyhow::Result<()> {
-    let batch = std::mem::take(&mut *hits.lock().expect("hit counts poisoned"));
+    let batch = hits.take();
     if batch.is_empty() {
         return Ok(());
     }
@@ -199,13 +276,7 @@ async fn write_hits(pool: &SqlitePool, hits: &PendingHits) -> anyhow::Result<()>
     }
     .await;
     if result.is_err() {
-        let mut pending = hits.lock().expect("hit counts poisoned");
-        for (repo, paths) in batch {
-            let counts = pending.entry(repo).or_default();
-            for (path, count) in paths {
-                *counts.entry(path).or_default() += count;
-            }
-        }
+        hits.restore(batch);
     }
     result
 }
@@ -254,7 +325,7 @@ impl MetaStore for SqliteMeta {
         ))
         .bind(repo)
         .bind(path)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(record_from_row).transpose()
     }
@@ -280,7 +351,7 @@ impl MetaStore for SqliteMeta {
         .bind(r.expires_at)
         .bind(&r.upstream_etag)
         .bind(&r.upstream_last_modified)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -291,7 +362,7 @@ impl MetaStore for SqliteMeta {
         ))
         .bind(repo)
         .bind(path)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(record_from_row).transpose()
     }
@@ -306,7 +377,7 @@ impl MetaStore for SqliteMeta {
                 list.push_bind(path);
             }
             query.push(")");
-            removed += query.build().execute(&self.pool).await?.rows_affected();
+            removed += query.build().execute(self.db()).await?.rows_affected();
         }
         Ok(removed)
     }
@@ -334,7 +405,7 @@ impl MetaStore for SqliteMeta {
         query
             .push(" ORDER BY path LIMIT ")
             .push_bind(i64::from(q.limit));
-        let rows = query.build().fetch_all(&self.pool).await?;
+        let rows = query.build().fetch_all(self.db()).await?;
         rows.iter()
             .map(|row| {
                 Ok(StoredObject {
@@ -353,7 +424,7 @@ impl MetaStore for SqliteMeta {
             query.push(" WHERE repo = ").push_bind(repo);
         }
         query.push(" GROUP BY repo");
-        let rows = query.build().fetch_all(&self.pool).await?;
+        let rows = query.build().fetch_all(self.db()).await?;
         rows.iter()
             .map(|row| {
                 let usage = Usage {
@@ -376,7 +447,7 @@ impl MetaStore for SqliteMeta {
                 list.push_bind(digest);
             }
             query.push(")");
-            for row in query.build().fetch_all(&self.pool).await? {
+            for row in query.build().fetch_all(self.db()).await? {
                 found.insert(row.try_get("digest")?);
             }
         }
@@ -384,23 +455,15 @@ impl MetaStore for SqliteMeta {
     }
 
     fn record_hit(&self, repo: &str, path: &str) {
-        let mut hits = self.hits.lock().expect("hit counts poisoned");
-        if !hits.contains_key(repo) {
-            hits.insert(repo.to_string(), HashMap::new());
-        }
-        let Some(counts) = hits.get_mut(repo) else {
-            return;
-        };
-        match counts.get_mut(path) {
-            Some(count) => *count += 1,
-            None => {
-                counts.insert(path.to_string(), 1);
-            }
-        }
+        self.hits.count(repo, path);
     }
 
     async fn flush_hits(&self) -> anyhow::Result<()> {
-        write_hits(&self.pool, &self.hits).await
+        write_hits(self.db(), &self.hits).await
+    }
+
+    fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
     }
 }
 

@@ -121,7 +121,7 @@ impl RegistryStore for SqliteMeta {
             "SELECT {UPLOAD_COLUMNS} FROM oci_uploads WHERE id = ?"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.db())
         .await?;
         row.as_ref().map(session_from_row).transpose()
     }
@@ -137,7 +137,7 @@ impl RegistryStore for SqliteMeta {
         .bind(serde_json::to_string(&s.parts)?)
         .bind(s.created_at)
         .bind(s.updated_at)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -145,7 +145,7 @@ impl RegistryStore for SqliteMeta {
     async fn delete_upload(&self, id: &str) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM oci_uploads WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }
@@ -155,7 +155,7 @@ impl RegistryStore for SqliteMeta {
             "SELECT {UPLOAD_COLUMNS} FROM oci_uploads WHERE updated_at < ? ORDER BY updated_at"
         ))
         .bind(before)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter().map(session_from_row).collect()
     }
@@ -173,7 +173,7 @@ impl RegistryStore for SqliteMeta {
         .bind(&r.artifact_type)
         .bind(r.size as i64)
         .bind(&r.annotations)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -191,7 +191,7 @@ impl RegistryStore for SqliteMeta {
         .bind(repo)
         .bind(image)
         .bind(subject)
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|row| {
@@ -214,7 +214,7 @@ impl RegistryStore for SqliteMeta {
             .bind(repo)
             .bind(image)
             .bind(digest)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?;
         Ok(())
     }
@@ -232,7 +232,7 @@ impl RegistryStore for SqliteMeta {
             list.push_bind(repo);
         }
         query.push(") ORDER BY repo, image");
-        let rows = query.build().fetch_all(&self.pool).await?;
+        let rows = query.build().fetch_all(self.db()).await?;
         rows.iter()
             .map(|row| Ok((row.try_get("repo")?, row.try_get("image")?)))
             .collect()

@@ -289,6 +289,7 @@ impl Server {
                 index_size: 16 << 20,
                 instances: 16,
             },
+            index_memo_bytes: 32 << 20,
         };
         let running = start(&options).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

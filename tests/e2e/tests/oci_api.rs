@@ -620,6 +620,22 @@ async fn blobs_mount_from_another_image() {
         data
     );
 
+    // Without `from`: from any local repository the client may read.
+    let response = registry
+        .call(
+            Method::POST,
+            &format!("/v2/other-local/anonymous/blobs/uploads/?mount={digest}"),
+        )
+        .await;
+    let (headers, _) = expect(response, 201).await;
+    assert_eq!(header(&headers, "docker-content-digest"), digest);
+    assert_eq!(
+        registry
+            .fetch(&format!("/v2/other-local/anonymous/blobs/{digest}"))
+            .await,
+        data
+    );
+
     // Absent from the source: a new session, usable as any other.
     let missing = sha256(b"never pushed anywhere");
     let response = registry

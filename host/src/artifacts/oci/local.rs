@@ -19,7 +19,8 @@ use super::{
     local_docker_repos, query_param, set_header, upload, valid_tag, Endpoint, OciDigest, Req,
     CONTENT_DIGEST,
 };
-use crate::artifacts::{serve_record, Decision};
+use crate::artifacts::decision::Decision;
+use crate::artifacts::{respond, Outcome};
 use crate::config::Config;
 use crate::error::AppError;
 use crate::server::App;
@@ -39,17 +40,12 @@ fn manifest_key(image: &str, reference: &str) -> String {
     format!("{image}/manifests/{reference}")
 }
 
+/// A tag (`mutable`) or what is addressed by its digest.
 fn decision(key: String, mutable: bool) -> Decision {
     Decision {
-        key,
         mutable,
-        rewrite: false,
-        content_type: None,
-        plugin: None,
-        expected: None,
-        head_revalidate: false,
-        access_name: None,
-        await_challenge: false,
+        content_addressed: !mutable,
+        ..Decision::plain(key)
     }
 }
 
@@ -137,7 +133,7 @@ async fn get_manifest(req: &Req, reference: &str) -> Result<Response, AppError> 
     } else {
         reference.to_string()
     };
-    let mut response = serve_record(&req.ctx, &decision(key, is_tag), &record, "local")
+    let mut response = respond::file(&req.ctx, &decision(key, is_tag), &record, Outcome::Local)
         .await?
         .ok_or_else(|| AppError::internal(format!("manifest blob {} is missing", record.digest)))?;
     set_header(&mut response, CONTENT_DIGEST, &digest);
@@ -312,7 +308,7 @@ async fn get_blob(req: &Req, digest: &str) -> Result<Response, AppError> {
         .get(&req.repo().name, &key)
         .await?
         .ok_or_else(|| blob_unknown(req, digest))?;
-    let mut response = serve_record(&req.ctx, &decision(key, false), &record, "local")
+    let mut response = respond::file(&req.ctx, &decision(key, false), &record, Outcome::Local)
         .await?
         .ok_or_else(|| AppError::internal(format!("blob {} is missing", record.digest)))?;
     set_header(&mut response, CONTENT_DIGEST, digest);

@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
-use super::{Ctx, Target};
+use super::{public_base, Ctx, Target};
 use crate::auth::{self, Principal};
 use crate::config::{Config, Repo, RepoKind};
 use crate::error::AppError;
@@ -213,16 +213,6 @@ fn may_read(config: &Config, principal: &Principal, repo: &str) -> bool {
     auth::can_read(config, principal, repo)
 }
 
-/// `scheme://host` as the client reached the server.
-fn public_base(headers: &HeaderMap) -> String {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let scheme = header("x-forwarded-proto").unwrap_or("http");
-    let host = header("x-forwarded-host")
-        .or_else(|| header("host"))
-        .unwrap_or("localhost");
-    format!("{scheme}://{host}")
-}
-
 /// The token scope a request needs, for the challenge of a 401.
 fn scope(route: &Result<Route, AppError>, method: &Method) -> Option<String> {
     let Ok(Route::Repo { repo, image, .. }) = route else {
@@ -284,7 +274,7 @@ async fn dispatch(app: Arc<App>, route: Route, request: Request) -> Result<Respo
                     format!("no repository named {repo:?}"),
                 )
             })?;
-            if repo_entry.package() != "docker" {
+            if !repo_entry.is_docker() {
                 return Err(AppError::new(
                     StatusCode::NOT_FOUND,
                     "NAME_UNKNOWN",
@@ -303,19 +293,13 @@ async fn dispatch(app: Arc<App>, route: Route, request: Request) -> Result<Respo
                 Endpoint::Tags => format!("{image}/tags/list"),
                 Endpoint::Referrers(d) => format!("{image}/referrers/{d}"),
             };
-            let ctx = Ctx {
-                app,
-                config,
-                repo: repo_entry,
-                method: parts.method,
-                headers: parts.headers,
-                target: Target {
-                    repo,
-                    path: rest.clone(),
-                    raw_path: rest,
-                    query: parts.uri.query().unwrap_or("").to_string(),
-                },
+            let target = Target {
+                repo,
+                path: rest.clone(),
+                raw_path: rest,
+                query: parts.uri.query().unwrap_or("").to_string(),
             };
+            let ctx = Ctx::new(app, config, repo_entry, parts.method, parts.headers, target);
             let req = Req {
                 ctx,
                 image,
@@ -397,7 +381,7 @@ fn local_docker_repos(config: &Config) -> Vec<Arc<Repo>> {
     config
         .repos
         .values()
-        .filter(|r| r.kind() == RepoKind::Local && r.package() == "docker")
+        .filter(|r| r.kind() == RepoKind::Local && r.is_docker())
         .cloned()
         .collect()
 }

@@ -8,8 +8,8 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 
 use super::{set_header, valid_tag, Endpoint, OciDigest, Req, CONTENT_DIGEST};
-use crate::artifacts::remote::{mark_stale, read_remote, remote_record};
-use crate::artifacts::{decide, serve_record};
+use crate::artifacts::decision::decide;
+use crate::artifacts::{remote, Outcome};
 use crate::error::AppError;
 use crate::storage::ObjectRecord;
 
@@ -31,13 +31,7 @@ pub(super) async fn handle(req: &Req) -> Result<Response, AppError> {
         Endpoint::Tags => {
             let mut decision = decide(&req.ctx).await?;
             decision.await_challenge = true;
-            let (record, source, stale) = remote_record(&req.ctx, &decision).await?;
-            let mut response = serve_record(&req.ctx, &decision, &record, source)
-                .await?
-                .ok_or_else(|| AppError::internal("tag list vanished after its fill"))?;
-            if stale {
-                mark_stale(&mut response);
-            }
+            let (response, _, _) = remote::serve_stored(&req.ctx, &decision).await?;
             Ok(response)
         }
         Endpoint::Referrers(_) | Endpoint::UploadStart | Endpoint::Upload(_) => Err(AppError::new(
@@ -75,23 +69,18 @@ async fn manifest(req: &Req, reference: &str) -> Result<Response, AppError> {
     }
     let mut decision = decide(&req.ctx).await?;
     decision.expected = by_digest.as_ref().and_then(OciDigest::as_storage);
+    decision.content_addressed = by_digest.is_some();
     decision.head_revalidate = by_digest.is_none();
     decision.await_challenge = true;
-    let (record, source, stale) = remote_record(&req.ctx, &decision).await?;
-    if by_digest.is_none() && source == "remote" {
+    let (mut response, record, outcome) = remote::serve_stored(&req.ctx, &decision).await?;
+    if by_digest.is_none() && outcome == Outcome::Miss {
         keep_by_digest(req, &record).await?;
     }
-    let mut response = serve_record(&req.ctx, &decision, &record, source)
-        .await?
-        .ok_or_else(|| AppError::internal("manifest vanished after its fill"))?;
     let digest = match by_digest {
         Some(digest) => digest.to_string(),
         None => format!("sha256:{}", record.digest),
     };
     set_header(&mut response, CONTENT_DIGEST, &digest);
-    if stale {
-        mark_stale(&mut response);
-    }
     Ok(response)
 }
 
@@ -118,8 +107,9 @@ async fn blob(req: &Req, digest: &str) -> Result<Response, AppError> {
     let parsed = OciDigest::from_client(digest)?;
     let mut decision = decide(&req.ctx).await?;
     decision.expected = parsed.as_storage();
+    decision.content_addressed = true;
     decision.await_challenge = true;
-    let mut response = read_remote(&req.ctx, &decision).await?;
+    let mut response = remote::read(&req.ctx, &decision).await?;
     set_header(&mut response, CONTENT_DIGEST, digest);
     Ok(response)
 }

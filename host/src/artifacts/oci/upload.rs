@@ -16,12 +16,12 @@ use futures::StreamExt;
 
 use super::digest::ExtraHash;
 use super::local::blob_key;
-use super::{content_length, set_header, OciDigest, Req, CONTENT_DIGEST};
+use super::{content_length, local_docker_repos, set_header, OciDigest, Req, CONTENT_DIGEST};
 use crate::config::RepoKind;
 use crate::error::AppError;
 use crate::storage::kv::LockGuard;
 use crate::storage::registry::{discard, UploadPart, UploadSession};
-use crate::storage::{ObjectRecord, Origin, Storage};
+use crate::storage::{Key, ObjectRecord, Origin, Storage};
 use crate::util::now_secs;
 
 /// How long one request may hold an upload session.
@@ -77,9 +77,9 @@ fn created(req: &Req, digest: &OciDigest) -> Response {
 /// `POST /blobs/uploads/`: a mount, a monolithic upload (`?digest=`), or a
 /// new session.
 pub(super) async fn start(req: &Req, body: Body) -> Result<Response, AppError> {
-    if let (Some(digest), Some(from)) = (req.query("mount"), req.query("from")) {
+    if let Some(digest) = req.query("mount") {
         let digest = OciDigest::from_client(&digest)?;
-        if mount(req, &digest, &from).await? {
+        if mount(req, &digest, req.query("from").as_deref()).await? {
             return Ok(created(req, &digest));
         }
     } else if let Some(digest) = req.query("digest") {
@@ -115,16 +115,40 @@ fn new_session(req: &Req) -> UploadSession {
 }
 
 /// Links a blob another local docker repository (or this one) holds into
-/// this repository; false when it cannot (the client then uploads).
-async fn mount(req: &Req, digest: &OciDigest, from: &str) -> Result<bool, AppError> {
-    let Some((source, _image)) = from.split_once('/') else {
-        return Ok(false);
+/// this repository; false when it cannot (the client then uploads). `from`
+/// (`{repository}/{image}`) names where the blob is; without it (an
+/// anonymous mount) this repository and then every local docker
+/// repository the client may read are looked in.
+async fn mount(req: &Req, digest: &OciDigest, from: Option<&str>) -> Result<bool, AppError> {
+    let candidates: Vec<String> = match from {
+        Some(from) => match from.split_once('/') {
+            Some((source, _image)) => vec![source.to_string()],
+            None => return Ok(false),
+        },
+        None => std::iter::once(req.repo().name.clone())
+            .chain(
+                local_docker_repos(&req.ctx.config)
+                    .iter()
+                    .map(|r| r.name.clone()),
+            )
+            .collect(),
     };
+    for source in &candidates {
+        if link_blob(req, digest, source).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Links the blob `digest` of local docker repository `source` into this
+/// repository, if `source` holds it and the client may read it.
+async fn link_blob(req: &Req, digest: &OciDigest, source: &str) -> Result<bool, AppError> {
     let config = &req.ctx.config;
     let Some(source_repo) = config.repo(source) else {
         return Ok(false);
     };
-    if source_repo.kind() != RepoKind::Local || source_repo.package() != "docker" {
+    if source_repo.kind() != RepoKind::Local || !source_repo.is_docker() {
         return Ok(false);
     }
     if !req.may_read(source)? {
@@ -151,7 +175,7 @@ async fn session(req: &Req, id: &str) -> Result<(UploadSession, LockGuard), AppE
     let storage = &req.ctx.app.storage;
     let lock = storage
         .locks
-        .lock(&format!("upload/{id}"), SESSION_LEASE)
+        .lock(&Key::Upload { id }.to_string(), SESSION_LEASE)
         .await?;
     let session = storage
         .registry
