@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Benchmarks artifactapi next to nginx on loopback, then the plugin call
-# overhead. Run through `make bench` (which builds first) or directly after
-# `make build`.
+# Benchmarks artifactapi next to nginx on loopback: cache hits of files and
+# of index documents (each against nginx serving the very same bytes), the
+# server's memory after that load, the first byte of a 1 GiB miss, then the
+# plugin call overhead. Run through `make bench` (which builds first) or
+# directly after `make build`.
 #
 #   BENCH_DURATION     wrk duration per run (default 10s)
 #   BENCH_THREADS      wrk threads (default 2)
 #   BENCH_CONNECTIONS  wrk connections (default 32)
 #   BENCH_SKIP_PLUGIN  set to 1 to skip the plugin call benchmark
 #   BENCH_KEEP         set to 1 to keep the temp dir (logs, configs)
+#   BENCH_SKIP_HUGE    set to 1 to skip the 1 GiB miss
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -107,17 +110,23 @@ wait_http() { # url what
 # --- files -------------------------------------------------------------------
 
 WWW=$WORK/www
-mkdir -p "$WWW"
+mkdir -p "$WWW/same"
 head -c 4096 /dev/urandom >"$WWW/small.bin"
 head -c $((1024 * 1024)) /dev/urandom >"$WWW/large.bin"
-chmod 755 "$WWW"
-chmod 644 "$WWW"/*.bin
+NGINX_PORT=$(free_port)
+# The index documents' upstream tree, and the 1 GiB file of the miss (sparse:
+# nginx sends it as fast as any other, and it takes no disk).
+python3 "$ROOT/bench/documents.py" "$WWW/up" "http://127.0.0.1:$NGINX_PORT/up"
+truncate -s 1G "$WWW/huge.bin"
+for i in 1 2 3; do ln "$WWW/huge.bin" "$WWW/huge$i.bin"; done
+chmod -R a+rX "$WWW"
 
 # --- nginx -------------------------------------------------------------------
 
 NGX=$WORK/nginx
 mkdir -p "$NGX"
-NGINX_PORT=$(free_port)
+MIME_TYPES=
+[[ -f /etc/nginx/mime.types ]] && MIME_TYPES="include /etc/nginx/mime.types;"
 cat >"$NGX/nginx.conf" <<EOF
 daemon off;
 worker_processes 1;
@@ -131,6 +140,7 @@ http {
     keepalive_timeout 65;
     keepalive_requests 10000000;
     default_type application/octet-stream;
+    $MIME_TYPES
     client_body_temp_path $NGX/body;
     proxy_temp_path $NGX/proxy;
     fastcgi_temp_path $NGX/fastcgi;
@@ -139,6 +149,7 @@ http {
     server {
         listen 127.0.0.1:$NGINX_PORT;
         root $WWW;
+        location /up/npm/ { default_type application/json; }
     }
 }
 EOF
@@ -160,13 +171,22 @@ remotes:
     package: generic
     base_url: "http://127.0.0.1:$NGINX_PORT"
 EOF
+for format in pypi npm helm rpm alpine; do
+    cat >>"$WORK/remotes.yaml" <<EOF
+  $format:
+    type: remote
+    package: $format
+    base_url: "http://127.0.0.1:$NGINX_PORT/up/$format"
+EOF
+done
 log "artifactapi on 127.0.0.1:$API_PORT"
 RUST_LOG=${BENCH_RUST_LOG:-info} "$BIN" serve \
     --config "$WORK/remotes.yaml" \
     --data "$WORK/data" \
     --plugins "$PLUGINS" \
     --listen "127.0.0.1:$API_PORT" >"$WORK/artifactapi.log" 2>&1 &
-PIDS+=($!)
+API_PID=$!
+PIDS+=($API_PID)
 API=http://127.0.0.1:$API_PORT
 wait_http "$API/health" artifactapi
 
@@ -202,6 +222,49 @@ for f in small.bin large.bin; do
 done
 log "all GETs answer 200 with the expected x-artifact-source and bytes"
 
+# Index documents: key|label|path|Accept|gzip. Each is fetched until it is a
+# cache hit, and the bytes artifactapi answers with are written under same/
+# for nginx to serve.
+DOCS=(
+    "pypi-html|pypi simple page, HTML|pypi/simple/demo/|text/html|"
+    "pypi-html-gz|pypi simple page, HTML, gzip|pypi/simple/demo/|text/html|gzip"
+    "pypi-json|pypi simple page, PEP 691 JSON|pypi/simple/demo/|application/vnd.pypi.simple.v1+json|"
+    "pypi-json-gz|pypi simple page, PEP 691 JSON, gzip|pypi/simple/demo/|application/vnd.pypi.simple.v1+json|gzip"
+    "npm-full|npm packument, full|npm/demo|application/json|"
+    "npm-full-gz|npm packument, full, gzip|npm/demo|application/json|gzip"
+    "npm-abbr|npm packument, abbreviated|npm/demo|application/vnd.npm.install-v1+json|"
+    "npm-abbr-gz|npm packument, abbreviated, gzip|npm/demo|application/vnd.npm.install-v1+json|gzip"
+    "helm|helm index.yaml|helm/index.yaml|*/*|"
+    "helm-gz|helm index.yaml, gzip|helm/index.yaml|*/*|gzip"
+    "repomd|rpm repomd.xml|rpm/repodata/repomd.xml|*/*|"
+    "repomd-gz|rpm repomd.xml, gzip|rpm/repodata/repomd.xml|*/*|gzip"
+    "apkindex|alpine APKINDEX.tar.gz|alpine/x86_64/APKINDEX.tar.gz|*/*|"
+)
+declare -A DOC_SIZE
+for doc in "${DOCS[@]}"; do
+    IFS='|' read -r key label path accept gzip <<<"$doc"
+    args=(-H "Accept: $accept")
+    [[ -z $gzip ]] || args+=(-H "Accept-Encoding: gzip")
+    source=
+    for _ in $(seq 1 50); do
+        headers=$(curl -sS -D - -o "$WWW/same/$key" "${args[@]}" "$API/api/v1/remote/$path") ||
+            die "$label: request failed (log: $WORK/artifactapi.log)"
+        status=$(printf '%s\n' "$headers" | awk 'NR == 1 { print $2 }')
+        [[ $status == 200 ]] || die "$label: status $status (log: $WORK/artifactapi.log)"
+        source=$(printf '%s\n' "$headers" | tr -d '\r' |
+            awk -F': *' 'tolower($1) == "x-artifact-source" { print $2 }')
+        [[ $source == cache ]] && break
+        sleep 0.1
+    done
+    [[ $source == cache ]] || die "$label: no cache hit"
+    if [[ -n $gzip ]]; then
+        printf '%s\n' "$headers" | grep -qi '^content-encoding: *gzip' || die "$label: not gzipped"
+    fi
+    DOC_SIZE[$key]=$(stat -c %s "$WWW/same/$key")
+done
+chmod -R a+rX "$WWW/same"
+log "every index document is a cache hit; nginx serves the same bytes under /same/"
+
 # --- wrk ---------------------------------------------------------------------
 
 # to_mib "1.23GB" -> MiB per second (wrk uses binary units)
@@ -216,10 +279,11 @@ to_mib() {
 
 ROWS=()
 declare -A RPS
-run_wrk() { # label key url
-    local label=$1 key=$2 url=$3 out rps transfer p50 p99 errors
+run_wrk() { # label key base-key url [wrk options...]
+    local label=$1 key=$2 base=$3 url=$4 out rps transfer p50 p99 errors
+    shift 4
     log "wrk $label"
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url")
     printf '%s\n' "$out" >"$WORK/wrk-$key.txt"
     rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
     transfer=$(awk '/^Transfer\/sec:/ { print $2 }' <<<"$out")
@@ -228,7 +292,7 @@ run_wrk() { # label key url
     errors=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(",", ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$out")
     [[ -n $rps ]] || die "could not parse wrk output for $label: $out"
     RPS[$key]=$rps
-    ROWS+=("$label|$key|$rps|$(to_mib "$transfer")|$p50|$p99|$errors")
+    ROWS+=("$label|$key|$base|$rps|$(to_mib "$transfer")|$p50|$p99|$errors")
 }
 
 for size in 4k 1m; do
@@ -236,10 +300,34 @@ for size in 4k 1m; do
         4k) f=small.bin name="4 KiB" ;;
         1m) f=large.bin name="1 MiB" ;;
     esac
-    run_wrk "nginx, $name" "nginx-$size" "http://127.0.0.1:$NGINX_PORT/$f"
-    run_wrk "artifactapi local, $name" "local-$size" "$API/api/v1/remote/files/$f"
-    run_wrk "artifactapi remote cache hit, $name" "cache-$size" "$API/api/v1/remote/mirror/$f"
+    run_wrk "nginx, $name" "nginx-$size" "nginx-$size" "http://127.0.0.1:$NGINX_PORT/$f"
+    run_wrk "artifactapi local, $name" "local-$size" "nginx-$size" "$API/api/v1/remote/files/$f"
+    run_wrk "artifactapi remote cache hit, $name" "cache-$size" "nginx-$size" "$API/api/v1/remote/mirror/$f"
 done
+for doc in "${DOCS[@]}"; do
+    IFS='|' read -r key label path accept gzip <<<"$doc"
+    args=(-H "Accept: $accept")
+    [[ -z $gzip ]] || args+=(-H "Accept-Encoding: gzip")
+    size=$(awk -v b="${DOC_SIZE[$key]}" 'BEGIN { printf "%.0f KiB", b / 1024 }')
+    run_wrk "nginx, $label ($size)" "nginx-$key" "nginx-$key" "http://127.0.0.1:$NGINX_PORT/same/$key" "${args[@]}"
+    run_wrk "artifactapi, $label ($size)" "doc-$key" "nginx-$key" "$API/api/v1/remote/$path" "${args[@]}"
+done
+
+# The server's memory after the load: resident now, and its peak.
+RSS=$(awk '/^VmRSS:/ { printf "%.0f", $2 / 1024 }' "/proc/$API_PID/status")
+HWM=$(awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$API_PID/status")
+
+# A miss of a 1 GiB file: the first byte through artifactapi next to the
+# first byte straight from nginx, three cold files each.
+HUGE=()
+if [[ ${BENCH_SKIP_HUGE:-0} != 1 ]]; then
+    log "1 GiB misses"
+    for i in 1 2 3; do
+        direct=$(curl -sS -o /dev/null -w '%{time_starttransfer} %{time_total}' "http://127.0.0.1:$NGINX_PORT/huge$i.bin")
+        proxied=$(curl -sS -o /dev/null -w '%{time_starttransfer} %{time_total}' "$API/api/v1/remote/mirror/huge$i.bin")
+        HUGE+=("$i $direct $proxied")
+    done
+fi
 
 # The servers are done: stop them before the plugin benchmark.
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -260,12 +348,25 @@ echo
 echo "| test | requests/s | MiB/s | p50 latency | p99 latency | errors | vs nginx |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for row in "${ROWS[@]}"; do
-    IFS='|' read -r label key rps mib p50 p99 errors <<<"$row"
-    base=${RPS[nginx-${key##*-}]}
-    ratio=$(awk -v a="$rps" -v b="$base" 'BEGIN { printf "%.2f", a / b }')
+    IFS='|' read -r label key base rps mib p50 p99 errors <<<"$row"
+    ratio=$(awk -v a="$rps" -v b="${RPS[$base]}" 'BEGIN { printf "%.2f", a / b }')
     printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$label" "$rps" "$mib" "$p50" "$p99" "$errors" "$ratio"
 done
 echo
+echo "artifactapi memory after this load: ${RSS} MiB resident, ${HWM} MiB at the peak."
+echo
+if ((${#HUGE[@]})); then
+    echo "### Miss of a 1 GiB file: first byte to the client"
+    echo
+    echo "| file | nginx first byte | through artifactapi | difference | artifactapi total |"
+    echo "|---|---:|---:|---:|---:|"
+    for row in "${HUGE[@]}"; do
+        read -r i d_first d_total p_first p_total <<<"$row"
+        awk -v i="$i" -v d="$d_first" -v p="$p_first" -v t="$p_total" 'BEGIN {
+            printf "| huge%s.bin | %.1f ms | %.1f ms | %+.1f ms | %.2f s |\n", i, d * 1000, p * 1000, (p - d) * 1000, t }'
+    done
+    echo
+fi
 
 # --- plugin call overhead -----------------------------------------------------
 

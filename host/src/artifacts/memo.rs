@@ -14,9 +14,12 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
 use crate::plugins::Classification;
+use crate::storage::Digest;
 
 /// Classifications kept; each is a few hundred bytes.
 const CLASSIFICATIONS: u64 = 50_000;
+/// Memory for gzipped copies of small stored files, in bytes.
+const GZIPPED_BYTES: u64 = 16 << 20;
 
 /// A memo key: the sha256 of the inputs, each length-prefixed.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,6 +94,8 @@ pub struct Memos {
     pub classify: moka::sync::Cache<MemoKey, Classification>,
     /// Rendered and merged index documents by inputs.
     pub rendered: moka::future::Cache<MemoKey, Arc<Rendered>>,
+    /// Gzipped copies of small stored files, by the digest of the original.
+    pub gzipped: moka::sync::Cache<Digest, Bytes>,
 }
 
 impl Memos {
@@ -101,6 +106,12 @@ impl Memos {
             rendered: moka::future::Cache::builder()
                 .max_capacity(rendered_bytes)
                 .weigher(|_: &MemoKey, rendered: &Arc<Rendered>| rendered.weight())
+                .build(),
+            gzipped: moka::sync::Cache::builder()
+                .max_capacity(GZIPPED_BYTES)
+                .weigher(|_: &Digest, bytes: &Bytes| {
+                    u32::try_from(bytes.len() + 64).unwrap_or(u32::MAX)
+                })
                 .build(),
         }
     }

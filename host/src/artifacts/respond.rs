@@ -1,10 +1,13 @@
 //! Answers with a stored file: validators, freshness for clients and
 //! caches in front, byte ranges, and gzip for compressible types.
 
+use std::io::Write as _;
+
 use async_compression::tokio::bufread::GzipEncoder;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use bytes::Bytes;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::decision::Decision;
@@ -16,6 +19,9 @@ use crate::util::now_secs;
 
 /// Bodies smaller than this are sent as they are.
 pub(super) const GZIP_MIN: u64 = 1024;
+/// Files up to this size are gzipped once and the result kept; larger
+/// ones are gzipped as they stream.
+const GZIP_KEPT_MAX: u64 = 64 * 1024;
 /// A year: how long clients may keep what can never change.
 const IMMUTABLE_MAX_AGE: i64 = 31_536_000;
 
@@ -78,6 +84,16 @@ pub(super) async fn file(
             return marked(builder, Body::empty());
         }
     };
+    if gzip && record.size <= GZIP_KEPT_MAX && !ctx.is_head() {
+        let Some(gzipped) = gzipped(ctx, &digest).await? else {
+            return Ok(None);
+        };
+        let builder = builder
+            .status(StatusCode::OK)
+            .header(header::CONTENT_ENCODING, "gzip")
+            .header(header::CONTENT_LENGTH, gzipped.len());
+        return marked(builder, Body::from(gzipped));
+    }
     builder = match &range {
         Some(range) => builder
             .status(StatusCode::PARTIAL_CONTENT)
@@ -116,6 +132,35 @@ pub(super) async fn file(
         }
     };
     marked(builder, body)
+}
+
+/// The gzipped bytes of a small stored file, compressed once; None when
+/// its blob is missing.
+async fn gzipped(ctx: &Ctx, digest: &Digest) -> Result<Option<Bytes>, AppError> {
+    let memo = &ctx.app.memos.gzipped;
+    if let Some(bytes) = memo.get(digest) {
+        return Ok(Some(bytes));
+    }
+    let Some(plain) = ctx
+        .app
+        .storage
+        .cas
+        .read_capped(digest, GZIP_KEPT_MAX)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let compressed = tokio::task::spawn_blocking(move || {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&plain)?;
+        encoder.finish()
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(AppError::internal)?;
+    let compressed = Bytes::from(compressed);
+    memo.insert(digest.clone(), compressed.clone());
+    Ok(Some(compressed))
 }
 
 /// `Cache-Control` for a stored object: what can never change is kept for a

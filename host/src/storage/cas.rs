@@ -8,7 +8,7 @@
 //! spool is uploaded and then removed.
 
 use std::fmt;
-use std::io;
+use std::io::{self, Read as _, Seek as _};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,10 @@ use sha2::{Digest as _, Sha256};
 
 /// Bytes read from disk per step when streaming a file.
 pub const READ_CHUNK: usize = 256 * 1024;
+/// Objects up to this size are kept in memory once read, by digest.
+const SMALL_OBJECT: u64 = 64 * 1024;
+/// Memory for small objects, in bytes.
+const SMALL_OBJECTS_BYTES: u64 = 32 << 20;
 /// Bytes gathered from a stream before they are written to a spool.
 const WRITE_CHUNK: usize = 256 * 1024;
 
@@ -76,8 +80,9 @@ impl fmt::Debug for Digest {
 pub enum BlobBody {
     /// The whole requested range, read at once (small objects).
     Bytes(Bytes),
-    /// The first bytes of the range, then the rest of it from a local file.
-    File(Bytes, Arc<std::fs::File>, Range<u64>),
+    /// The first bytes of the range, then this many more from the file's
+    /// position on (a local file opened for this body alone).
+    File(Bytes, std::fs::File, u64),
     /// A stream from a remote backend.
     Stream(BoxStream<'static, io::Result<Bytes>>),
 }
@@ -88,7 +93,7 @@ impl BlobBody {
         match self {
             BlobBody::Bytes(bytes) => futures::stream::once(async { Ok(bytes) }).boxed(),
             BlobBody::File(first, file, rest) => futures::stream::once(async { Ok(first) })
-                .chain(file_stream(file, rest))
+                .chain(sequential_stream(file, rest))
                 .boxed(),
             BlobBody::Stream(stream) => stream,
         }
@@ -121,6 +126,40 @@ pub async fn read_at(file: Arc<std::fs::File>, offset: u64, len: usize) -> io::R
     tokio::task::spawn_blocking(move || read_exact_at(&file, offset, len))
         .await
         .map_err(io::Error::other)?
+}
+
+/// Reads the next `len` bytes from `file`'s position, failing if it ends
+/// first. The buffer is not zeroed first (unlike a positional read's).
+fn read_chunk(file: &std::fs::File, len: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "stored object is shorter than recorded",
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Streams the next `len` bytes of a file in `READ_CHUNK` steps.
+fn sequential_stream(
+    file: std::fs::File,
+    len: u64,
+) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures::stream::try_unfold((Some(file), len), |(file, left)| async move {
+        let Some(file) = file.filter(|_| left > 0) else {
+            return Ok(None);
+        };
+        let step = left.min(READ_CHUNK as u64);
+        let (file, chunk) = tokio::task::spawn_blocking(move || {
+            let chunk = read_chunk(&file, step as usize);
+            (file, chunk)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        Ok(Some((chunk?, (Some(file), left - step))))
+    })
 }
 
 /// Streams a byte range of a file in `READ_CHUNK` steps.
@@ -157,6 +196,16 @@ pub struct Cas {
     staging: Staging,
     /// The folder of a local store, whose objects are opened directly.
     local_root: Option<PathBuf>,
+    /// Small objects read lately: content-addressed, so never out of date,
+    /// and a hit costs no step off the async workers.
+    small: moka::sync::Cache<Digest, Bytes>,
+}
+
+fn small_objects() -> moka::sync::Cache<Digest, Bytes> {
+    moka::sync::Cache::builder()
+        .max_capacity(SMALL_OBJECTS_BYTES)
+        .weigher(|_: &Digest, bytes: &Bytes| u32::try_from(bytes.len() + 64).unwrap_or(u32::MAX))
+        .build()
 }
 
 /// A spool file being written: bytes are hashed and written at once.
@@ -265,6 +314,7 @@ impl Cas {
             spool_dir: dir.join("staging"),
             staging: Staging::InStore,
             local_root: Some(dir.to_path_buf()),
+            small: small_objects(),
         })
     }
 
@@ -276,6 +326,7 @@ impl Cas {
             spool_dir: spool_dir.to_path_buf(),
             staging: Staging::Upload,
             local_root: None,
+            small: small_objects(),
         })
     }
 
@@ -415,6 +466,9 @@ impl Cas {
 
     /// The size of a stored object, or None when absent.
     pub async fn size(&self, digest: &Digest) -> anyhow::Result<Option<u64>> {
+        if let Some(bytes) = self.small.get(digest) {
+            return Ok(Some(bytes.len() as u64));
+        }
         match self.store.head(&digest.key()).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -422,17 +476,32 @@ impl Cas {
         }
     }
 
-    /// Opens a stored object, or a range of it; None when absent. From a
-    /// local store this is one step off the async workers, which also reads
-    /// the first [`READ_CHUNK`] bytes: a small object is read whole.
+    /// Opens a stored object, or a range of it; None when absent. A small
+    /// object read lately comes from memory. From a local store this is one
+    /// step off the async workers, which also reads the first
+    /// [`READ_CHUNK`] bytes: a small object is read whole, and kept.
     pub async fn open(
         &self,
         digest: &Digest,
         range: Option<Range<u64>>,
     ) -> anyhow::Result<Option<BlobBody>> {
+        if let Some(bytes) = self.small.get(digest) {
+            let len = bytes.len() as u64;
+            let range = range.map_or(0..len, |r| r.start.min(len)..r.end.min(len));
+            return Ok(Some(BlobBody::Bytes(
+                bytes.slice(range.start as usize..range.end as usize),
+            )));
+        }
         if let Some(root) = &self.local_root {
             let path = root.join(digest.key().as_ref());
-            return Ok(tokio::task::spawn_blocking(move || open_local(&path, range)).await??);
+            let opened = tokio::task::spawn_blocking(move || open_local(&path, range)).await??;
+            if let Some((body, whole)) = opened {
+                if let Some(bytes) = whole {
+                    self.small.insert(digest.clone(), bytes);
+                }
+                return Ok(Some(body));
+            }
+            return Ok(None);
         }
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
@@ -475,6 +544,7 @@ impl Cas {
 
     /// Removes a stored object.
     pub async fn delete(&self, digest: &Digest) -> anyhow::Result<()> {
+        self.small.invalidate(digest);
         match self.store.delete(&digest.key()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -548,26 +618,38 @@ impl Cas {
     }
 }
 
-/// Opens a file of a local store and reads its first bytes; None when absent.
-fn open_local(path: &Path, range: Option<Range<u64>>) -> io::Result<Option<BlobBody>> {
+/// Opens a file of a local store and reads its first bytes, and the whole
+/// file when it is small; None when absent.
+fn open_local(
+    path: &Path,
+    range: Option<Range<u64>>,
+) -> io::Result<Option<(BlobBody, Option<Bytes>)>> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let size = file.metadata()?.len();
+    if size <= SMALL_OBJECT {
+        let whole = read_chunk(&file, size as usize)?;
+        let range = range.map_or(0..size, |r| r.start.min(size)..r.end.min(size));
+        let body = BlobBody::Bytes(whole.slice(range.start as usize..range.end as usize));
+        return Ok(Some((body, Some(whole))));
+    }
     let range = match range {
         Some(range) => range.start.min(size)..range.end.min(size),
         None => 0..size,
     };
     let first_len = (range.end - range.start).min(READ_CHUNK as u64);
-    let first = read_exact_at(&file, range.start, first_len as usize)?;
-    let rest = range.start + first_len..range.end;
-    Ok(Some(if rest.is_empty() {
+    (&file).seek(io::SeekFrom::Start(range.start))?;
+    let first = read_chunk(&file, first_len as usize)?;
+    let rest = range.end - range.start - first_len;
+    let body = if rest == 0 {
         BlobBody::Bytes(first)
     } else {
-        BlobBody::File(first, Arc::new(file), rest)
-    }))
+        BlobBody::File(first, file, rest)
+    };
+    Ok(Some((body, None)))
 }
 
 /// A blob as [`Cas::blobs`] lists it.
