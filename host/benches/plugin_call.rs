@@ -1,6 +1,7 @@
 //! Per-request plugin overhead: the latency of `classify` on a fresh
-//! instance, sequential and under concurrency, and the cost of loading a
-//! plugin (compiling it versus reading the on-disk compile cache).
+//! instance, sequential and under concurrency, what a cache hit pays
+//! instead (the memoised answer: its key and a look-up), and the cost of
+//! loading a plugin (compiling it versus reading the on-disk compile cache).
 //!
 //! Plain `main`, no harness: `cargo bench -p artifactapi --bench plugin_call`.
 //! The plugin is `$ARTIFACTAPI_TEST_PLUGINS/alpine.wasm`, or
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use artifactapi::artifacts::memo::{call_key, Memos};
 use artifactapi::plugins::{
     CallScope, Classification, Header, Limits, LoadedPlugin, Mutability, Plugins, RepoContext,
     RepoKind, RequestInfo, Runtime,
@@ -244,6 +246,39 @@ async fn run() {
     let seq_wall = started.elapsed();
     let seq = summarize(&mut samples);
 
+    // Memoised: what a hit does instead of calling the plugin, with the
+    // request as plugins see it (the Accept header only).
+    let memos = Memos::new(1 << 20);
+    let seen = RequestInfo {
+        headers: request()
+            .headers
+            .into_iter()
+            .filter(|h| h.name == "accept")
+            .collect(),
+        ..request()
+    };
+    let answer = plugins
+        .classify(&plugin, CallScope::bare(), repo_ctx(), seen.clone())
+        .await
+        .expect("call")
+        .expect("answer");
+    let repo = repo_ctx();
+    memos.classify.insert(
+        call_key("classify", &plugin.sha256, &repo, &seen).finish(),
+        answer,
+    );
+    let mut memo_samples = Vec::with_capacity(calls);
+    let started = Instant::now();
+    for _ in 0..calls {
+        let t = Instant::now();
+        let key = call_key("classify", &plugin.sha256, &repo, &seen).finish();
+        let found = memos.classify.get(&key);
+        memo_samples.push(t.elapsed());
+        assert!(found.is_some());
+    }
+    let memo_wall = started.elapsed();
+    let memo = summarize(&mut memo_samples);
+
     // Concurrent: N tasks share `calls` calls.
     let mut rows = Vec::new();
     for &tasks in &concurrency {
@@ -292,6 +327,15 @@ async fn run() {
             us(s.max),
         );
     }
+    println!(
+        "| memoised (a cache hit: key and look-up) | {} | {} | {} | {} | {} | {:.0} |",
+        us(memo.p50),
+        us(memo.p90),
+        us(memo.p99),
+        us(memo.mean),
+        us(memo.max),
+        calls as f64 / memo_wall.as_secs_f64()
+    );
     println!();
     println!("### Plugin load (`Plugins::reload`: compile or cache read, link, `describe`)");
     println!();

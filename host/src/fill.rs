@@ -68,7 +68,7 @@ pub enum FillState {
 /// What the upstream said about the body.
 #[derive(Debug, Clone)]
 pub struct FillHead {
-    /// Content-Type, if sent.
+    /// Content-Type, if sent and more telling than `application/octet-stream`.
     pub content_type: Option<String>,
     /// Content-Length, if sent.
     pub content_length: Option<u64>,
@@ -187,6 +187,11 @@ pub struct FillJob {
     /// Revalidate with a HEAD whose `Docker-Content-Digest` is compared with
     /// the stored copy's digest (a registry tag), before any GET.
     pub head_revalidate: bool,
+    /// Record the upstream's Content-Type even when it is only
+    /// `application/octet-stream` (an index document: its plugin reads the
+    /// type as sent, and tells JSON from HTML by the bytes when it says
+    /// nothing).
+    pub upstream_type_as_sent: bool,
 }
 
 impl Fills {
@@ -253,6 +258,17 @@ impl Drop for Entry {
 
 fn header_str(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_string)
+}
+
+/// The upstream's Content-Type, unless it says only "some bytes"
+/// (`application/octet-stream`, what static servers send for a name they do
+/// not know) and `as_sent` is false: then the format's or the file name's
+/// type is recorded.
+fn telling_type(headers: &HeaderMap, as_sent: bool) -> Option<String> {
+    header_str(headers, CONTENT_TYPE).filter(|t| {
+        let media = t.split(';').next().unwrap_or("").trim();
+        as_sent || (!media.is_empty() && !media.eq_ignore_ascii_case("application/octet-stream"))
+    })
 }
 
 /// A request that got no usable answer: unreachable, or refused because
@@ -381,7 +397,7 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
     let headers = response.headers().clone();
     let content_length = header_str(&headers, CONTENT_LENGTH).and_then(|v| v.parse().ok());
     let _ = fill.head.set(FillHead {
-        content_type: header_str(&headers, CONTENT_TYPE),
+        content_type: telling_type(&headers, job.upstream_type_as_sent),
         content_length,
         last_modified: header_str(&headers, LAST_MODIFIED),
     });
@@ -433,7 +449,7 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
     let record = ObjectRecord {
         digest: digest.hex(),
         size,
-        content_type: header_str(&headers, CONTENT_TYPE)
+        content_type: telling_type(&headers, job.upstream_type_as_sent)
             .unwrap_or_else(|| job.record.content_type.clone()),
         stored_at: started,
         expires_at: job.ttl.map(|ttl| started + ttl as i64),

@@ -43,7 +43,7 @@ pub struct App {
     /// Checks credentials; signs and verifies tokens.
     pub auth: crate::auth::Authenticator,
     /// Memoised plugin answers: classifications and rendered indexes.
-    pub memos: crate::artifacts::Memos,
+    pub memos: crate::artifacts::memo::Memos,
 }
 
 impl App {
@@ -243,7 +243,7 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         started: SystemTime::now(),
         upstream_auth: Arc::new(crate::upstream_auth::UpstreamAuth::new()),
         auth: crate::auth::Authenticator::load(&options.data)?,
-        memos: crate::artifacts::Memos::new(options.index_memo_bytes),
+        memos: crate::artifacts::memo::Memos::new(options.index_memo_bytes),
     });
     let plugin_watch = crate::watch::watch(
         &options.plugins,

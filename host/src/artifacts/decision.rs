@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 
-use super::memo::{KeyBuilder, MemoKey};
-use super::Ctx;
+use super::ctx::Ctx;
+use super::memo::{call_key, KeyBuilder, MemoKey};
 use crate::error::AppError;
 use crate::plugins::{
     CallFailure, CallScope, Classification, Document, Header, IndexOptions, LoadedPlugin,
@@ -193,21 +193,7 @@ impl PluginCall {
     /// A memo key of everything this call's answers depend on; callers add
     /// what else goes in (a document's digest).
     pub fn memo_key(&self, kind: &str) -> KeyBuilder {
-        let mut key = KeyBuilder::new(kind);
-        let repo = &self.repo;
-        key.field(&self.plugin.sha256)
-            .field(&repo.name)
-            .field([repo.kind as u8])
-            .field(&repo.base_url)
-            .field(&repo.public_url)
-            .field(&repo.settings)
-            .field(&self.request.method)
-            .field(&self.request.path)
-            .field(&self.request.query);
-        for header in &self.request.headers {
-            key.field(&header.name).field(&header.value);
-        }
-        key
+        call_key(kind, &self.plugin.sha256, &self.repo, &self.request)
     }
 
     fn scope(&self) -> CallScope {

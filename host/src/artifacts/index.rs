@@ -12,10 +12,12 @@ use axum::response::Response;
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
+use super::ctx::Ctx;
 use super::decision::PluginCall;
 use super::memo::{MemoKey, Rendered};
+use super::outcome::{Outcome, PLUGIN_HEADER};
+use super::quarantine;
 use super::respond::{accepts_gzip, if_none_match, GZIP_MIN};
-use super::{quarantine, Ctx, Outcome, PLUGIN_HEADER};
 use crate::error::AppError;
 use crate::plugins::{Document, IndexOptions};
 use crate::storage::{Digest, ObjectRecord};

@@ -6,11 +6,16 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::json;
 
+use super::ctx::Ctx;
 use super::decision::{decide, Decision};
-use super::{index, respond, Ctx, Outcome, CHECKSUM_HEADER};
+use super::outcome::Outcome;
+use super::{index, respond};
 use crate::error::AppError;
 use crate::storage::{Digest, ObjectRecord, Origin};
 use crate::util::now_secs;
+
+/// Request header carrying the sha256 an upload must have.
+const CHECKSUM_HEADER: &str = "x-checksum-sha256";
 
 /// `GET`/`HEAD`: a stored file, or an index document rendered for the
 /// client.

@@ -13,7 +13,7 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 
-use crate::plugins::Classification;
+use crate::plugins::{Classification, RepoContext, RequestInfo};
 use crate::storage::Digest;
 
 /// Classifications kept; each is a few hundred bytes.
@@ -55,6 +55,31 @@ impl KeyBuilder {
     pub fn finish(self) -> MemoKey {
         MemoKey(self.0.finalize().into())
     }
+}
+
+/// The key of a plugin call's answer: everything the call is handed (the
+/// plugin's sha256, the repository's context, the request as plugins see
+/// it); callers add what else goes in, such as a document's digest.
+pub fn call_key(
+    kind: &str,
+    plugin_sha256: &str,
+    repo: &RepoContext,
+    request: &RequestInfo,
+) -> KeyBuilder {
+    let mut key = KeyBuilder::new(kind);
+    key.field(plugin_sha256)
+        .field(&repo.name)
+        .field([repo.kind as u8])
+        .field(&repo.base_url)
+        .field(&repo.public_url)
+        .field(&repo.settings)
+        .field(&request.method)
+        .field(&request.path)
+        .field(&request.query);
+    for header in &request.headers {
+        key.field(&header.name).field(&header.value);
+    }
+    key
 }
 
 /// An index document rendered for one form, ready to send.

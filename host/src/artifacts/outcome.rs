@@ -6,6 +6,8 @@ use axum::response::Response;
 
 /// Response header naming where the bytes came from.
 pub const SOURCE_HEADER: &str = "x-artifact-source";
+/// Response header naming the plugin that classified the request.
+pub const PLUGIN_HEADER: &str = "x-artifact-plugin";
 
 /// How an artifact request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use bytes::Bytes;
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::error::AppError;
 use crate::plugins::bindings::artifactapi::plugin::types::Publication;
 use crate::storage::Key;

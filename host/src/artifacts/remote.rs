@@ -8,8 +8,10 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 
+use super::ctx::Ctx;
 use super::decision::Decision;
-use super::{index, quarantine, respond, Ctx, Outcome, PLUGIN_HEADER};
+use super::outcome::{Outcome, PLUGIN_HEADER};
+use super::{index, quarantine, respond};
 use crate::error::AppError;
 use crate::fill::{upstream_failure, Fill, FillError, FillJob, FillState};
 use crate::storage::{Key, ObjectRecord, Origin};
@@ -296,6 +298,7 @@ async fn start_fill(
         negative_ttl: Some(Duration::from_secs(cache.negative_ttl)).filter(|t| !t.is_zero()),
         expected: decision.expected.clone(),
         head_revalidate: decision.head_revalidate,
+        upstream_type_as_sent: decision.rewrite,
     };
     Ok(ctx
         .app

@@ -10,8 +10,9 @@ use axum::response::Response;
 use bytes::Bytes;
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use super::ctx::Ctx;
 use super::decision::Decision;
-use super::{Ctx, Outcome, PLUGIN_HEADER};
+use super::outcome::{Outcome, PLUGIN_HEADER};
 use crate::config::RepoKind;
 use crate::error::AppError;
 use crate::storage::{Digest, ObjectRecord};

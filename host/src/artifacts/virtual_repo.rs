@@ -6,9 +6,11 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::ctx::Ctx;
 use super::decision::{decide, Decision, PluginCall};
 use super::memo::{MemoKey, Rendered};
-use super::{index, local, remote, Ctx, Outcome};
+use super::outcome::Outcome;
+use super::{index, local, remote};
 use crate::config::RepoKind;
 use crate::error::AppError;
 use crate::plugins::Document;

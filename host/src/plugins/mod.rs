@@ -132,6 +132,11 @@ impl Plugins {
         &self.runtime.limits
     }
 
+    /// Calls made into plugins since the server started.
+    pub fn calls(&self) -> u64 {
+        self.runtime.calls()
+    }
+
     /// The plugin serving a package type.
     pub fn for_package(&self, package_type: &str) -> Option<Arc<LoadedPlugin>> {
         self.registry.load().by_type.get(package_type).cloned()

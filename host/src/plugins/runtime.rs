@@ -3,6 +3,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -114,6 +115,7 @@ pub struct Runtime {
     cache_dir: PathBuf,
     engine_hash: u64,
     permits: Arc<Semaphore>,
+    calls: AtomicU64,
     /// Limits every call runs under.
     pub limits: Limits,
 }
@@ -164,6 +166,7 @@ impl Runtime {
             cache_dir: cache_dir.to_path_buf(),
             engine_hash,
             permits: Arc::new(Semaphore::new(instances as usize)),
+            calls: AtomicU64::new(0),
             limits,
         })
     }
@@ -247,6 +250,7 @@ impl Runtime {
         >,
         R: Send,
     {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let _permit = self
             .permits
             .acquire()
@@ -281,6 +285,11 @@ impl Runtime {
         }
         .await;
         result.map_err(|e| self.failure(name, e))
+    }
+
+    /// Calls made into plugins since the runtime started.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
     }
 
     fn failure(&self, name: &str, error: wasmtime::Error) -> CallFailure {

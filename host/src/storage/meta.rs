@@ -133,7 +133,8 @@ pub trait MetaStore: Send + Sync {
     fn record_hit(&self, repo: &str, path: &str);
     /// Writes the hits counted in memory so far.
     async fn flush_hits(&self) -> anyhow::Result<()>;
-    /// Statements sent to the database since the store was opened.
+    /// Statements sent to the database for the store's callers since it
+    /// was opened (the batched hit-count writes in the background aside).
     fn queries(&self) -> u64;
 }
 

@@ -505,3 +505,101 @@ async fn the_blocklist_is_checked_before_the_allowlist() {
     assert_eq!(upstream.hits("misc/evil.tar.gz"), 0);
     assert_eq!(upstream.hits("misc/tool.zip"), 0);
 }
+
+#[tokio::test]
+async fn types_freshness_and_compression_for_clients_and_caches_in_front() {
+    let (upstream, server) = setup().await;
+    let plain = reqwest::Client::builder().no_gzip().build().unwrap();
+
+    // curl's default type says nothing about the file: the name does.
+    let notes = server.url("/api/v1/remote/uploads/docs/notes.json");
+    let text = format!("{{\"notes\": \"{}\"}}", "n".repeat(5000));
+    let put = plain
+        .put(&notes)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(text.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let got = plain.get(&notes).send().await.unwrap();
+    assert_eq!(header(got.headers(), "content-type"), "application/json");
+    assert_eq!(
+        header(got.headers(), "cache-control"),
+        "no-cache",
+        "an upload may be replaced"
+    );
+    let identity_etag = header(got.headers(), "etag");
+    assert_eq!(got.text().await.unwrap(), text);
+
+    // Text goes gzipped to a client that takes it, under its own ETag.
+    let zipped = plain
+        .get(&notes)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(zipped.headers(), "content-encoding"), "gzip");
+    assert_eq!(header(zipped.headers(), "vary"), "Accept-Encoding");
+    let zipped_etag = header(zipped.headers(), "etag");
+    assert_ne!(zipped_etag, identity_etag);
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&zipped.bytes().await.unwrap()[..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    assert_eq!(unzipped, text);
+    let again = plain
+        .get(&notes)
+        .header("accept-encoding", "gzip")
+        .header("if-none-match", &zipped_etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+
+    // What is compressed already is sent as it is.
+    upstream.put("pkg-1.0.tgz", vec![3u8; 4000]);
+    let archive = server.url("/api/v1/remote/files/files/pkg-1.0.tgz");
+    let first = plain.get(&archive).send().await.unwrap();
+    first.bytes().await.unwrap();
+    let cached = plain
+        .get(&archive)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(cached.headers(), "x-artifact-source"), "cache");
+    assert_eq!(header(cached.headers(), "content-encoding"), "");
+    assert_ne!(
+        header(cached.headers(), "content-type"),
+        "application/octet-stream",
+        "an upstream that says only octet-stream gets a type from the name"
+    );
+    assert_eq!(
+        header(cached.headers(), "cache-control"),
+        "public, max-age=31536000, immutable",
+        "an immutable cached file is kept by clients and caches in front"
+    );
+    assert_eq!(cached.bytes().await.unwrap(), vec![3u8; 4000]);
+
+    // A mutable cached file is fresh for what is left of its TTL.
+    let latest = server.url("/api/v1/remote/files/files/latest");
+    upstream.put("latest", "v9");
+    plain
+        .get(&latest)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let cached = plain.get(&latest).send().await.unwrap();
+    let control = header(cached.headers(), "cache-control");
+    let max_age: i64 = control
+        .strip_prefix("public, max-age=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("Cache-Control: {control}"));
+    assert!((0..=2).contains(&max_age), "{control}");
+}

@@ -1978,3 +1978,21 @@ async fn a_1_gib_blob_is_pushed_in_chunks_and_pulled_in_bounded_memory() {
         "peak memory grew by {growth_mib} MiB for a 1 GiB push and pull"
     );
 }
+
+#[tokio::test]
+async fn the_root_listing_gives_docker_repositories_their_registry_address() {
+    let _shared = EXCLUSIVE.read().await;
+    let server = Server::start(LOCAL).await;
+    let root = artifactapi_e2e::get_json(&server.url("/")).await;
+    let url = |name: &str| {
+        root["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["url"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(url("docker-local"), "/v2/docker-local/");
+    assert_eq!(url("uploads"), "/api/v1/remote/uploads/");
+}

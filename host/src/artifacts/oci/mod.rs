@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use percent_encoding::percent_decode_str;
 
-use super::{public_base, Ctx, Target};
+use super::ctx::{public_base, Ctx, Target};
 use crate::auth::{self, Principal};
 use crate::config::{Config, Repo, RepoKind};
 use crate::error::AppError;
