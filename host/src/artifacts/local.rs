@@ -65,7 +65,7 @@ pub(super) async fn upload(ctx: &Ctx, body: Body) -> Result<Response, AppError> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let storage = &ctx.app.storage;
-    let mut spool = storage.cas.spool().await.map_err(AppError::internal)?;
+    let mut spool = storage.cas.spool().await.map_err(AppError::storage)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -75,9 +75,9 @@ pub(super) async fn upload(ctx: &Ctx, body: Body) -> Result<Response, AppError> 
                 format!("the upload broke off: {e}"),
             )
         })?;
-        spool.append(&chunk).await.map_err(AppError::internal)?;
+        spool.append(&chunk).await.map_err(AppError::storage)?;
     }
-    let finished = spool.finish().await.map_err(AppError::internal)?;
+    let finished = spool.finish().await.map_err(AppError::storage)?;
     if let Some(declared) = declared.filter(|d| *d != finished.size) {
         return Err(AppError::new(
             StatusCode::BAD_REQUEST,

@@ -39,9 +39,13 @@ pub(super) async fn file(
     if outcome != Outcome::Miss {
         ctx.app.storage.meta.record_hit(&record.repo, &record.path);
     }
-    let gzip = !ctx.headers.contains_key(header::RANGE)
+    // Registry clients check a manifest's bytes against its digest and its
+    // announced length: docker repositories send what they store as it is.
+    let compress = !ctx.repo.is_docker() && compressible(&record.content_type, &record.path);
+    let gzip = compress
+        && !ctx.is_head()
+        && !ctx.headers.contains_key(header::RANGE)
         && record.size >= GZIP_MIN
-        && compressible(&record.content_type, &record.path)
         && accepts_gzip(&ctx.headers);
     let etag = if gzip {
         format!("\"sha256:{}-gzip\"", record.digest)
@@ -61,7 +65,7 @@ pub(super) async fn file(
             header::CACHE_CONTROL,
             cache_control(ctx, decision, record, outcome),
         );
-    if compressible(&record.content_type, &record.path) {
+    if compress {
         builder = builder.header(header::VARY, "Accept-Encoding");
     }
     if let Some(plugin) = &decision.plugin {
@@ -85,7 +89,7 @@ pub(super) async fn file(
             return marked(builder, Body::empty());
         }
     };
-    if gzip && record.size <= GZIP_KEPT_MAX && !ctx.is_head() {
+    if gzip && record.size <= GZIP_KEPT_MAX {
         let Some(gzipped) = gzipped(ctx, &digest).await? else {
             return Ok(None);
         };

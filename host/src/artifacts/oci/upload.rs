@@ -252,13 +252,13 @@ async fn stage(
 ) -> Result<Option<UploadPart>, AppError> {
     let storage = &req.ctx.app.storage;
     let declared = content_length(&req.ctx.headers);
-    let mut spool = storage.cas.spool().await.map_err(AppError::internal)?;
+    let mut spool = storage.cas.spool().await.map_err(AppError::storage)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| upload_invalid(format!("the upload broke off: {e}")))?;
-        spool.append(&chunk).await.map_err(AppError::internal)?;
+        spool.append(&chunk).await.map_err(AppError::storage)?;
     }
-    let finished = spool.finish().await.map_err(AppError::internal)?;
+    let finished = spool.finish().await.map_err(AppError::storage)?;
     if let Some(declared) = declared.filter(|d| *d != finished.size) {
         return Err(upload_invalid(format!(
             "received {} of {declared} bytes",
@@ -398,7 +398,7 @@ async fn assemble(
     parts: &[UploadPart],
     digest: &OciDigest,
 ) -> Result<crate::storage::Digest, AppError> {
-    let mut spool = storage.cas.spool().await.map_err(AppError::internal)?;
+    let mut spool = storage.cas.spool().await.map_err(AppError::storage)?;
     let mut extra = ExtraHash::for_digest(digest);
     for part in parts {
         let mut stream = storage.cas.open_key(&part.key).await?.ok_or_else(|| {
@@ -407,10 +407,10 @@ async fn assemble(
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(AppError::internal)?;
             extra.update(&chunk);
-            spool.append(&chunk).await.map_err(AppError::internal)?;
+            spool.append(&chunk).await.map_err(AppError::storage)?;
         }
     }
-    let finished = spool.finish().await.map_err(AppError::internal)?;
+    let finished = spool.finish().await.map_err(AppError::storage)?;
     let actual = extra.finish(&finished.digest);
     if actual != *digest {
         return Err(digest_mismatch(digest, &actual.to_string()));
