@@ -24,7 +24,7 @@ use crate::storage::{Digest, ObjectRecord};
 use crate::util::now_secs;
 
 /// Why no rendering came of a memo miss.
-pub(super) enum RenderError {
+enum RenderError {
     /// The raw document's blob is missing from storage.
     Missing,
     /// The rendering failed.
@@ -182,6 +182,22 @@ pub(super) async fn finish(
     .await
     .map_err(AppError::internal)?
     .map_err(AppError::internal)
+}
+
+/// Answers with the rendering of a stored document, counting a hit of the
+/// stored object when it came from storage; it stays fresh for clients as
+/// long as the stored copy does here.
+pub(super) fn respond_stored(
+    ctx: &Ctx,
+    call: &PluginCall,
+    record: &ObjectRecord,
+    rendered: &Rendered,
+    outcome: Outcome,
+) -> Result<Response, AppError> {
+    if outcome.from_storage() {
+        ctx.app.storage.meta.record_hit(&record.repo, &record.path);
+    }
+    respond(ctx, call, rendered, outcome, record.expires_at)
 }
 
 /// Answers with a rendered document: gzipped when the client accepts it,

@@ -37,7 +37,7 @@ pub(super) async fn read(ctx: &Ctx, decision: &Decision) -> Result<Response, App
         let rendered = index::rendered(ctx, call, &record)
             .await?
             .ok_or_else(missing)?;
-        return index::respond(ctx, call, &rendered, Outcome::Local, None);
+        return index::respond_stored(ctx, call, &record, &rendered, Outcome::Local);
     }
     respond::file(ctx, decision, &record, Outcome::Local)
         .await?

@@ -79,7 +79,7 @@ pub(super) async fn read(ctx: &Ctx, decision: &Decision) -> Result<Response, App
                 (record, outcome, rendered)
             }
         };
-        return index::respond(ctx, call, &rendered, outcome, record.expires_at);
+        return index::respond_stored(ctx, call, &record, &rendered, outcome);
     }
     let existing = match freshness(ctx, decision).await? {
         Freshness::Fresh(record) => serve_copy(ctx, decision, record, Outcome::Hit).await?,
