@@ -32,6 +32,8 @@ pub struct App {
     pub plugins: Arc<Plugins>,
     /// The client for upstreams.
     pub http: reqwest::Client,
+    /// The client for plugins' upstream requests: it follows no redirect.
+    pub plugin_http: reqwest::Client,
     /// Cache fills in flight.
     pub fills: Arc<Fills>,
     /// Traffic counters since the server started.
@@ -77,12 +79,17 @@ impl App {
 /// The upstream HTTP client: the platform's trust store (honouring
 /// `SSL_CERT_FILE`/`SSL_CERT_DIR`), `HTTPS_PROXY`/`NO_PROXY` from the
 /// environment, and timeouts that bound silence rather than transfer length.
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+/// With `follow_redirects` false it answers redirects as they are (plugins'
+/// requests, whose every hop is checked against the repository's upstreams).
+pub fn http_client(follow_redirects: bool) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("artifactapi/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
-        .build()?)
+        .read_timeout(Duration::from_secs(60));
+    if !follow_redirects {
+        builder = builder.redirect(reqwest::redirect::Policy::none());
+    }
+    Ok(builder.build()?)
 }
 
 /// The router, without a socket, so tests can drive it directly.
@@ -237,7 +244,8 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         config_error: ArcSwap::from_pointee(None),
         storage,
         plugins: plugins.clone(),
-        http: http_client()?,
+        http: http_client(true)?,
+        plugin_http: http_client(false)?,
         fills: Arc::new(Fills::default()),
         stats: Arc::new(Stats::default()),
         started: SystemTime::now(),

@@ -179,7 +179,7 @@ impl PluginCall {
             },
             plugins: ctx.app.plugins.clone(),
             storage: ctx.app.storage.clone(),
-            http: ctx.app.http.clone(),
+            http: ctx.app.plugin_http.clone(),
             origins: repo.origins.clone(),
             repos: repo.scope_repos.clone(),
         }

@@ -19,6 +19,8 @@ const CACHE_VALUE_LIMIT: u64 = 1 << 20;
 const CACHE_TTL_LIMIT: u32 = 86_400;
 /// Longest an upstream request from a plugin may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Redirects a plugin's upstream request may follow.
+const MAX_REDIRECTS: usize = 10;
 
 /// What one plugin call may touch.
 pub struct CallScope {
@@ -26,7 +28,8 @@ pub struct CallScope {
     pub plugin: String,
     /// The repository the call is for; empty for `describe`.
     pub repo: String,
-    /// Storage and HTTP; None while a plugin is being checked.
+    /// Storage and HTTP (a client that follows no redirect); None while a
+    /// plugin is being checked.
     pub services: Option<(Storage, reqwest::Client)>,
     /// Origins the upstream import may reach.
     pub origins: Vec<String>,
@@ -73,6 +76,38 @@ impl CallScope {
 
 fn unavailable(e: impl std::fmt::Display) -> store_types::StoreError {
     store_types::StoreError::Unavailable(e.to_string())
+}
+
+/// Refuses a URL outside the scope's upstream origins; `from` is the URL
+/// that redirected to it, if one did.
+fn check_origin(
+    scope: &CallScope,
+    url: &reqwest::Url,
+    from: Option<&reqwest::Url>,
+) -> Result<(), upstream::FetchError> {
+    let origin = crate::config::origin_of(url.as_str()).ok_or_else(|| {
+        upstream::FetchError::InvalidRequest(format!("not an http(s) URL: {:?}", url.as_str()))
+    })?;
+    if scope.origins.contains(&origin) {
+        return Ok(());
+    }
+    let message = match from {
+        Some(from) => {
+            tracing::warn!(
+                plugin = %scope.plugin,
+                repo = %scope.repo,
+                from = %from,
+                to = %url,
+                "refused a redirect out of the repository's upstreams"
+            );
+            format!(
+                "{from} redirects to {origin}, which is not an upstream of repository {}",
+                scope.repo
+            )
+        }
+        None => format!("{origin} is not an upstream of repository {}", scope.repo),
+    };
+    Err(upstream::FetchError::Forbidden(message))
 }
 
 impl types::Host for HostState {}
@@ -228,7 +263,9 @@ impl upstream::Host for HostState {
     }
 }
 
-/// Sends a plugin's upstream request if its origin is one of the scope's.
+/// Sends a plugin's upstream request if its origin is one of the scope's,
+/// following redirects itself so that every hop is checked the same way (the
+/// client it is given must not follow them).
 async fn fetch_checked(
     scope: &CallScope,
     request: upstream::Request,
@@ -243,32 +280,49 @@ async fn fetch_checked(
             )))
         }
     };
-    let Some(origin) = crate::config::origin_of(&request.url) else {
-        return Err(FetchError::InvalidRequest(format!(
-            "not an http(s) URL: {:?}",
-            request.url
-        )));
-    };
-    if !scope.origins.contains(&origin) {
-        return Err(FetchError::Forbidden(format!(
-            "{origin} is not an upstream of repository {}",
-            scope.repo
-        )));
-    }
+    let mut url = reqwest::Url::parse(&request.url).map_err(|_| {
+        FetchError::InvalidRequest(format!("not an http(s) URL: {:?}", request.url))
+    })?;
+    check_origin(scope, &url, None)?;
     let Some((_, client)) = &scope.services else {
         return Err(FetchError::Unreachable("no network while loading".into()));
     };
-    let mut builder = client.request(method, &request.url).timeout(FETCH_TIMEOUT);
-    for header in &request.headers {
-        builder = builder.header(&header.name, &header.value);
-    }
-    let response = builder.send().await.map_err(|e| {
-        if e.is_timeout() {
-            FetchError::Timeout
-        } else {
-            FetchError::Unreachable(e.to_string())
+    let mut hops = 0;
+    let response = loop {
+        let mut builder = client
+            .request(method.clone(), url.clone())
+            .timeout(FETCH_TIMEOUT);
+        for header in &request.headers {
+            builder = builder.header(&header.name, &header.value);
         }
-    })?;
+        let response = builder.send().await.map_err(|e| {
+            if e.is_timeout() {
+                FetchError::Timeout
+            } else {
+                FetchError::Unreachable(e.to_string())
+            }
+        })?;
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| response.status().is_redirection());
+        let Some(location) = location else {
+            break response;
+        };
+        hops += 1;
+        if hops > MAX_REDIRECTS {
+            return Err(FetchError::Unreachable(format!(
+                "more than {MAX_REDIRECTS} redirects from {}",
+                request.url
+            )));
+        }
+        let next = url.join(location).map_err(|_| {
+            FetchError::Unreachable(format!("{url} redirects to an invalid URL {location:?}"))
+        })?;
+        check_origin(scope, &next, Some(&url))?;
+        url = next;
+    };
     let cap = scope.cap;
     if response.content_length().is_some_and(|len| len > cap) {
         return Err(FetchError::TooLarge(cap));

@@ -164,7 +164,7 @@ fn scope(server: &Server, upstream: &Upstream) -> CallScope {
     CallScope {
         plugin: "misbehave".into(),
         repo: "fx".into(),
-        services: Some((app.storage.clone(), app.http.clone())),
+        services: Some((app.storage.clone(), app.plugin_http.clone())),
         origins: vec![format!("http://127.0.0.1:{}", upstream.addr.port())],
         repos: vec!["fx".into()],
         cap: 1 << 20,
@@ -209,6 +209,16 @@ async fn host_imports_are_scoped_to_the_repository() {
     let elsewhere = format!("{}/files/a.txt", other.url());
     assert_eq!(
         classify_note(&server, &upstream, "probe", &elsewhere).await,
+        "error:forbidden"
+    );
+    // Every hop of a redirect is checked like the first.
+    let hop = |port: u16| format!("{}/redirect/{port}/files/a.txt", upstream.url());
+    assert_eq!(
+        classify_note(&server, &upstream, "probe", &hop(upstream.addr.port())).await,
+        "status:200"
+    );
+    assert_eq!(
+        classify_note(&server, &upstream, "probe", &hop(other.addr.port())).await,
         "error:forbidden"
     );
     assert_eq!(other.hits("files/a.txt"), 0);
