@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 
 use super::ctx::Ctx;
 use super::memo::{call_key, KeyBuilder, MemoKey};
+use crate::config::Repo;
 use crate::error::AppError;
 use crate::plugins::{
     CallFailure, CallScope, Classification, Document, Header, IndexOptions, LoadedPlugin,
@@ -151,8 +152,8 @@ pub(super) struct PluginCall {
     plugins: Arc<Plugins>,
     storage: Storage,
     http: reqwest::Client,
-    origins: Vec<String>,
-    repos: Vec<String>,
+    /// The repository's configuration, for the scope of a call.
+    config: Arc<Repo>,
 }
 
 impl PluginCall {
@@ -180,8 +181,7 @@ impl PluginCall {
             plugins: ctx.app.plugins.clone(),
             storage: ctx.app.storage.clone(),
             http: ctx.app.plugin_http.clone(),
-            origins: repo.origins.clone(),
-            repos: repo.scope_repos.clone(),
+            config: repo.clone(),
         }
     }
 
@@ -201,8 +201,8 @@ impl PluginCall {
             plugin: self.plugin.info.name.clone(),
             repo: self.repo.name.clone(),
             services: Some((self.storage.clone(), self.http.clone())),
-            origins: self.origins.clone(),
-            repos: self.repos.clone(),
+            origins: self.config.origins.clone(),
+            repos: self.config.scope_repos.clone(),
             cap: self.plugins.limits().index_size,
         }
     }

@@ -157,10 +157,13 @@ async fn merge(
             body: rendered.identity.to_vec(),
         });
     }
+    // A member whose stored blob went missing is left out of this answer,
+    // not of the memo (its key names that member's document).
+    let complete = documents.len() == members.len();
     let task = call.clone();
     let document = index::off_workers(async move { task.merge(documents).await }).await?;
     let rendered = index::finish(document, stale_at).await?;
-    if rendered.current(now_secs()) {
+    if complete && rendered.current(now_secs()) {
         ctx.app.memos.rendered.insert(key, rendered.clone()).await;
     }
     Ok(rendered)
