@@ -3,7 +3,6 @@
 //! form and a strong ETag, so a hit renders nothing and a client holding
 //! the current bytes gets a 304.
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -17,7 +16,7 @@ use super::decision::PluginCall;
 use super::memo::{MemoKey, Rendered};
 use super::outcome::{Outcome, PLUGIN_HEADER};
 use super::quarantine;
-use super::respond::{accepts_gzip, if_none_match, GZIP_MIN};
+use super::respond::{accepts_gzip, gzip_fast, if_none_match, GZIP_MIN};
 use crate::error::AppError;
 use crate::plugins::{Document, IndexOptions};
 use crate::storage::{Digest, ObjectRecord};
@@ -162,10 +161,7 @@ pub(super) async fn finish(
         let identity = Bytes::from(document.body);
         let hash = hex::encode(&Sha256::digest(&identity)[..16]);
         let gzip = if identity.len() as u64 >= GZIP_MIN {
-            let mut encoder =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            encoder.write_all(&identity)?;
-            Some(Bytes::from(encoder.finish()?))
+            Some(Bytes::from(gzip_fast(&identity)?))
         } else {
             None
         };

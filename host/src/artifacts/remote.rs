@@ -22,7 +22,7 @@ use crate::util::now_secs;
 const STALE_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The stored copy of an object and what it is good for.
-pub(super) enum Freshness {
+enum Freshness {
     /// Fresh: serve it.
     Fresh(ObjectRecord),
     /// Expired while its upstream is in back-off: serve it as stale.
@@ -34,7 +34,7 @@ pub(super) enum Freshness {
 }
 
 /// Where the stored copy of the decided object stands.
-pub(super) async fn freshness(ctx: &Ctx, decision: &Decision) -> Result<Freshness, AppError> {
+async fn freshness(ctx: &Ctx, decision: &Decision) -> Result<Freshness, AppError> {
     let storage = &ctx.app.storage;
     let Some(record) = storage.meta.get(&ctx.repo.name, &decision.key).await? else {
         return Ok(Freshness::Missing);

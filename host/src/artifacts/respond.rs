@@ -155,17 +155,21 @@ async fn gzipped(ctx: &Ctx, digest: &Digest) -> Result<Option<Bytes>, AppError> 
     else {
         return Ok(None);
     };
-    let compressed = tokio::task::spawn_blocking(move || {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(&plain)?;
-        encoder.finish()
-    })
-    .await
-    .map_err(AppError::internal)?
-    .map_err(AppError::internal)?;
+    let compressed = tokio::task::spawn_blocking(move || gzip_fast(&plain))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::internal)?;
     let compressed = Bytes::from(compressed);
     memo.insert(digest.clone(), compressed.clone());
     Ok(Some(compressed))
+}
+
+/// `data` gzipped at the fast level: what is gzipped once and kept.
+/// Blocking: call off the async workers.
+pub(super) fn gzip_fast(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data)?;
+    encoder.finish()
 }
 
 /// `Cache-Control` for a stored object: what can never change is kept for a
