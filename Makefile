@@ -11,7 +11,7 @@ export ARTIFACTAPI_TEST_PLUGINS  := $(CURDIR)/$(PLUGIN_DIR)
 export ARTIFACTAPI_TEST_FIXTURES := $(CURDIR)/$(FIXTURE_DIR)
 export ARTIFACTAPI_E2E_TOOLS     := $(CURDIR)/target/e2e-tools
 
-.PHONY: build run test lint fixtures e2e-tools wasm-target bench clean
+.PHONY: build run test test-shared lint fixtures e2e-tools wasm-target bench clean
 
 ## build: the server (target/release/artifactapi) and every plugin (target/plugins/*.wasm)
 build: wasm-target
@@ -27,9 +27,19 @@ build: wasm-target
 run: build
 	./target/release/artifactapi serve
 
-## test: lint, then every unit and end-to-end test
+## test: lint, then every unit and end-to-end test, then part of the
+## end-to-end suite again on PostgreSQL + Redis + S3 (test-shared)
 test: build fixtures e2e-tools lint
 	$(CARGO) test --release --workspace
+	$(MAKE) test-shared
+
+## test-shared: generic fills and hits, pip/uv, npm/pnpm and skopeo push/pull
+## with each test server on its own PostgreSQL, Redis and S3 (s3s-fs)
+test-shared:
+	ARTIFACTAPI_TEST_BACKENDS=shared $(CARGO) test --release --workspace --test generic
+	ARTIFACTAPI_TEST_BACKENDS=shared $(CARGO) test --release --workspace \
+		--test pypi --test npm --test oci_clients -- \
+		pip_and_uv_install npm_and_pnpm_install skopeo_pushes_both_formats
 
 ## e2e-tools: the real clients and upstream servers the end-to-end tests drive
 ## (each tests/setup/*.sh installs its own, idempotently, under target/e2e-tools)

@@ -5,12 +5,11 @@
 //! and repositories with `anonymous_read: false` need an authenticated user
 //! to read. Users authenticate with HTTP Basic credentials on every route,
 //! or with a Bearer token from `/v2/token`. A token carries only its subject
-//! and expiry, signed with HMAC-SHA256 under a key kept in
-//! `{data}/auth/token.key`; permissions are looked up in the configuration
-//! serving at each request, so a user removed from it loses access at once.
+//! and expiry, signed with HMAC-SHA256 under a key kept in the metadata
+//! database, so a token issued by one replica is accepted by all;
+//! permissions are looked up in the configuration serving at each request,
+//! so a user removed from it loses access at once.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,6 +30,7 @@ use subtle::ConstantTimeEq as _;
 use crate::config::{Auth, Config};
 use crate::error::AppError;
 use crate::server::App;
+use crate::storage::Db;
 use crate::util::{now_secs, rfc3339_secs};
 
 /// How long a token from `/v2/token` is valid, in seconds.
@@ -41,6 +41,8 @@ pub const SERVICE: &str = "artifactapi";
 pub const BASIC_CHALLENGE: &str = "Basic realm=\"artifactapi\"";
 /// Length of the token signing key, in bytes.
 const KEY_LEN: usize = 32;
+/// The name of the token signing key among the shared secrets.
+const TOKEN_KEY: &str = "token-signing-key";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -76,25 +78,28 @@ enum Credentials {
 }
 
 impl Authenticator {
-    /// Reads the token signing key from `{data_dir}/auth/token.key`, making
-    /// a new random one (mode 0600) when there is none.
-    pub fn load(data_dir: &Path) -> anyhow::Result<Authenticator> {
-        let dir = data_dir.join("auth");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let path = dir.join("token.key");
-        let key = match std::fs::read(&path) {
-            Ok(key) => key,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key(&dir, &path)?,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    /// The token signing key every replica shares, kept in the metadata
+    /// database and made at random by the first process that needs it. A
+    /// key an earlier version kept in `{data_dir}/auth/token.key` is
+    /// adopted, so tokens it issued stay valid.
+    pub async fn shared(db: &Db, data_dir: &Path) -> anyhow::Result<Authenticator> {
+        let legacy = data_dir.join("auth").join("token.key");
+        let fresh = match std::fs::read(&legacy) {
+            Ok(key) if key.len() == KEY_LEN => key,
+            _ => {
+                let mut key = vec![0u8; KEY_LEN];
+                getrandom::fill(&mut key)
+                    .map_err(|e| anyhow::anyhow!("cannot generate a token key: {e}"))?;
+                key
+            }
         };
+        let key = db
+            .secret(TOKEN_KEY, &fresh)
+            .await
+            .context("cannot read the token signing key")?;
         anyhow::ensure!(
             key.len() == KEY_LEN,
-            "{} holds {} bytes instead of a {KEY_LEN}-byte key; remove it and a new one is made (tokens already issued stop working)",
-            path.display(),
+            "the token signing key in the database holds {} bytes instead of {KEY_LEN}",
             key.len()
         );
         Ok(Authenticator::with_key(&key))
@@ -167,37 +172,6 @@ impl Authenticator {
                 Err(unauthorized(format!("user {user:?} no longer exists")))
             }
         }
-    }
-}
-
-/// Writes a fresh random key to `path` unless another process got there
-/// first, and returns the key in the file.
-fn create_key(dir: &Path, path: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut key = [0u8; KEY_LEN];
-    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("cannot generate a token key: {e}"))?;
-    let spare = dir.join(format!(".token.key.{}", uuid::Uuid::new_v4()));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&spare)?;
-        file.write_all(&key)?;
-        file.sync_all()?;
-        // A hard link never replaces a key another replica made meanwhile.
-        std::fs::hard_link(&spare, path)
-    };
-    let outcome = write();
-    let _ = std::fs::remove_file(&spare);
-    match outcome {
-        Ok(()) => {
-            tracing::info!(path = %path.display(), "generated a new token signing key");
-            Ok(key.to_vec())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
     }
 }
 
@@ -692,18 +666,16 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_key_is_made_once_and_kept_private() {
+    #[tokio::test]
+    async fn the_key_is_made_once_and_shared() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Authenticator::load(dir.path()).unwrap();
-        let path = dir.path().join("auth/token.key");
-        let key = std::fs::read(&path).unwrap();
-        assert_eq!(key.len(), KEY_LEN);
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let second = Authenticator::load(dir.path()).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), key);
+        let storage = crate::storage::Storage::embedded(dir.path()).await.unwrap();
+        let first = Authenticator::shared(&storage.db, dir.path())
+            .await
+            .unwrap();
+        let second = Authenticator::shared(&storage.db, dir.path())
+            .await
+            .unwrap();
         let config = with_admin();
         let now = now_secs();
         let token = first.issue(&user("ci"), now);
@@ -711,10 +683,23 @@ mod tests {
             second.verify(auth(&config), &token, now).unwrap(),
             user("ci")
         );
-        let leftovers = std::fs::read_dir(dir.path().join("auth")).unwrap().count();
-        assert_eq!(leftovers, 1);
-        std::fs::write(&path, b"short").unwrap();
-        let err = Authenticator::load(dir.path()).err().unwrap().to_string();
-        assert!(err.contains("token.key"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_earlier_key_file_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("auth")).unwrap();
+        let key = [7u8; KEY_LEN];
+        std::fs::write(dir.path().join("auth/token.key"), key).unwrap();
+        let storage = crate::storage::Storage::embedded(dir.path()).await.unwrap();
+        let adopted = Authenticator::shared(&storage.db, dir.path())
+            .await
+            .unwrap();
+        let now = now_secs();
+        let token = Authenticator::with_key(&key).issue(&user("ci"), now);
+        assert_eq!(
+            adopted.verify(auth(&with_admin()), &token, now).unwrap(),
+            user("ci")
+        );
     }
 }

@@ -332,10 +332,10 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
         key: &job.record.path,
     }
     .to_string();
-    let _lock = job
+    let lock = job
         .storage
         .locks
-        .lock(&lock_key, Duration::from_secs(600))
+        .lock(&lock_key)
         .await
         .map_err(|e| FillError::Unreachable(format!("lock: {e:#}")))?;
     let started = now_secs();
@@ -427,6 +427,11 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
         .finish()
         .await
         .map_err(|e| FillError::Broken(format!("spool: {e}")))?;
+    if !lock.still_held().await {
+        return Err(FillError::Broken(
+            "the fill lock's lease lapsed and another replica took it over".into(),
+        ));
+    }
     if let Some(expected) = content_length.filter(|len| *len != finished.size) {
         return Err(FillError::Broken(format!(
             "got {} of {expected} bytes",

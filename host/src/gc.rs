@@ -9,6 +9,11 @@
 //! is checked again just before it is removed. Spool files are removed once
 //! untouched for the grace period and at least [`SPOOL_MIN_AGE`], since a
 //! write in progress may leave its spool file alone for a while.
+//!
+//! Replicas sharing one bucket collect one at a time (a cluster lock), and
+//! the grace period protects what another replica is committing: its
+//! fills and uploads spool locally and commit (renewing the blob's age)
+//! before they write the record.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +22,7 @@ use futures::StreamExt;
 use crate::storage::cas::StoredBlob;
 use crate::storage::meta::BATCH;
 use crate::storage::registry::discard;
-use crate::storage::Storage;
+use crate::storage::{Key, Storage};
 
 /// Spool files younger than this are never removed, whatever the grace
 /// period: a slow upload or fill writes to its spool file only now and then.
@@ -89,8 +94,10 @@ impl std::fmt::Display for GcReport {
 }
 
 /// Removes (or counts, in a dry run) blobs no record references that are
-/// older than the grace period, and stale spool files.
+/// older than the grace period, and stale spool files. One collection runs
+/// at a time among the processes sharing the storage.
 pub async fn collect(storage: &Storage, options: &GcOptions) -> anyhow::Result<GcReport> {
+    let _one_at_a_time = storage.locks.lock(&Key::Gc.to_string()).await?;
     let now = SystemTime::now();
     let cutoff = now
         .checked_sub(options.grace)

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use artifactapi::gc::{collect, schedule, GcOptions};
 use artifactapi::plugins::Limits;
 use artifactapi::server::{app, start, ServeOptions};
-use artifactapi::storage::Storage;
+use artifactapi::storage::{BackendArgs, DatabaseConfig, Storage};
 
 /// A caching proxy and package repository server with WebAssembly format plugins.
 #[derive(Parser)]
@@ -48,9 +48,13 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "ARTIFACTAPI_LISTEN", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// Folder for blobs and the metadata database.
+    /// Folder for what each process keeps: the embedded backends' files
+    /// (blobs, metadata.db), the spool of writes in progress, the plugin
+    /// compile cache.
     #[arg(long, env = "ARTIFACTAPI_DATA", default_value = "./data")]
     data: PathBuf,
+    #[command(flatten)]
+    backends: BackendArgs,
     /// Folder of plugin components (*.wasm); watched for changes.
     #[arg(long, env = "ARTIFACTAPI_PLUGINS", default_value = "target/plugins")]
     plugins: PathBuf,
@@ -88,9 +92,11 @@ struct ServeArgs {
 
 #[derive(clap::Args)]
 struct GcArgs {
-    /// The data folder of the server (blobs and the metadata database).
+    /// The data folder of the server.
     #[arg(long, env = "ARTIFACTAPI_DATA", default_value = "./data")]
     data: PathBuf,
+    #[command(flatten)]
+    backends: BackendArgs,
     /// Unreferenced blobs younger than this many minutes are kept.
     #[arg(long, env = "ARTIFACTAPI_GC_GRACE_MINUTES", default_value_t = 60)]
     gc_grace_minutes: u64,
@@ -129,6 +135,7 @@ fn init_logging(format: LogFormat) {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let options = ServeOptions {
         config: args.config,
+        backends: args.backends.resolve(&args.data)?,
         data: args.data,
         plugins: args.plugins,
         limits: Limits {
@@ -167,6 +174,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen = %args.listen,
         config = %options.config.display(),
         data = %options.data.display(),
+        database = %options.backends.database.redacted(),
         plugins = %options.plugins.display(),
         gc_interval_minutes = args.gc_interval_minutes,
         "artifactapi serving"
@@ -177,17 +185,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = running.app.storage.meta.flush_hits().await {
         tracing::warn!(error = %format!("{e:#}"), "cannot record the last hits");
     }
+    if let Err(e) = running.app.stats.share().await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot add the last counts to the cluster's");
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn gc(args: GcArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.data.join("metadata.db").is_file(),
-        "{} holds no metadata.db: not a data folder",
-        args.data.display()
-    );
-    let storage = Storage::embedded(&args.data).await?;
+    let backends = args.backends.resolve(&args.data)?;
+    if let DatabaseConfig::Sqlite(path) = &backends.database {
+        anyhow::ensure!(
+            path.is_file(),
+            "{} does not exist: not a data folder",
+            path.display()
+        );
+    }
+    let storage = Storage::open(&backends, &args.data).await?;
     let options = GcOptions {
         grace: minutes(args.gc_grace_minutes),
         upload_expiry: minutes(args.upload_expiry_minutes),

@@ -394,11 +394,12 @@ fn stats_json(counts: &Counts, usage: &Usage) -> Value {
     })
 }
 
-/// `GET /api/v2/stats`: traffic since the server started and what is
-/// stored, per repository and in total.
+/// `GET /api/v2/stats`: traffic (since the server started, or the
+/// cluster's when replicas share Redis) and what is stored, per repository
+/// and in total.
 async fn stats(State(app): State<Arc<App>>) -> Result<Json<Value>, AppError> {
     let usage = app.storage.meta.usage(None).await?;
-    let traffic = app.stats.snapshot();
+    let traffic = app.stats.totals().await;
     let config = app.config.load();
     let mut names: Vec<&String> = config
         .repos

@@ -46,6 +46,8 @@ pub struct App {
     pub auth: crate::auth::Authenticator,
     /// Memoised plugin answers: classifications and rendered indexes.
     pub memos: crate::artifacts::memo::Memos,
+    /// The backends the storage was opened on, for `/config`.
+    pub backends: crate::storage::Backends,
 }
 
 impl App {
@@ -180,11 +182,15 @@ async fn root(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     }))
 }
 
+/// 200 whenever the server answers: `"status": "degraded"` with the reasons
+/// when a backend is unreachable and the server carries on without it.
 async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let plugins = app.plugins.status();
     let config_error = app.config_error.load();
+    let problems = app.storage.problems().await;
     Json(json!({
-        "status": "ok",
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "problems": problems,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         "repositories": app.config.load().repos.len(),
@@ -195,8 +201,13 @@ async fn health(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     }))
 }
 
+/// The configuration serving now and the backends, secrets redacted.
 async fn config(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    Json(app.config.load().redacted())
+    let mut shown = app.config.load().redacted();
+    if let Some(map) = shown.as_object_mut() {
+        map.insert("backends".into(), app.backends.redacted());
+    }
+    Json(shown)
 }
 
 async fn plugins(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
@@ -212,8 +223,11 @@ async fn plugins(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 pub struct ServeOptions {
     /// remotes.yaml.
     pub config: PathBuf,
-    /// Blobs and the SQLite database.
+    /// What stays per process: the spool of writes in progress, the plugin
+    /// compile cache, and the embedded backends' files.
     pub data: PathBuf,
+    /// Where metadata, blobs, the cache and locks are kept.
+    pub backends: crate::storage::Backends,
     /// The plugins folder.
     pub plugins: PathBuf,
     /// Limits on plugin calls.
@@ -233,7 +247,12 @@ pub struct Running {
 /// watching both for changes.
 pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
     let config = Config::load(&options.config)?;
-    let storage = Storage::embedded(&options.data).await?;
+    let storage = Storage::open(&options.backends, &options.data).await?;
+    let auth = crate::auth::Authenticator::shared(&storage.db, &options.data).await?;
+    let stats = match &storage.redis {
+        Some(redis) => Stats::shared(redis.clone()),
+        None => Arc::new(Stats::default()),
+    };
     let runtime =
         crate::plugins::Runtime::new(&options.data.join("plugin-cache"), options.limits.clone())?;
     let plugins = Arc::new(Plugins::new(runtime, &options.plugins)?);
@@ -247,10 +266,11 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         http: http_client(true)?,
         plugin_http: http_client(false)?,
         fills: Arc::new(Fills::default()),
-        stats: Arc::new(Stats::default()),
+        stats,
         started: SystemTime::now(),
         upstream_auth: Arc::new(crate::upstream_auth::UpstreamAuth::new()),
-        auth: crate::auth::Authenticator::load(&options.data)?,
+        auth,
+        backends: options.backends.clone(),
         memos: crate::artifacts::memo::Memos::new(options.index_memo_bytes),
     });
     let plugin_watch = crate::watch::watch(

@@ -1,5 +1,7 @@
-//! Traffic counters per repository since the server started: hits, misses,
-//! bytes served to clients and bytes fetched from upstreams.
+//! Traffic counters per repository: hits, misses, bytes served to clients
+//! and bytes fetched from upstreams; since the server started, or, for
+//! replicas sharing Redis, the cluster's sums (each replica adds what it
+//! counted every few seconds and before it answers `/api/v2/stats`).
 //!
 //! Hits, misses and bytes served are counted where artifact responses leave
 //! the server (see [`Stats::observe`]), from the [`Outcome`] the artifact
@@ -11,8 +13,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::body::{Body, Bytes, HttpBody};
@@ -20,6 +23,12 @@ use axum::response::Response;
 use percent_encoding::percent_decode_str;
 
 use crate::artifacts::Outcome;
+use crate::storage::redis::Redis;
+
+/// How often a replica adds its counts to the cluster's.
+const SHARE_EVERY: Duration = Duration::from_secs(2);
+/// The counters, as fields of the shared hash are named after them.
+const FIELDS: [&str; 4] = ["hits", "misses", "bytes_served", "bytes_fetched"];
 
 /// One repository's counters.
 #[derive(Debug, Default)]
@@ -60,6 +69,25 @@ pub struct Counts {
 }
 
 impl Counts {
+    fn values(&self) -> [u64; 4] {
+        [
+            self.hits,
+            self.misses,
+            self.bytes_served,
+            self.bytes_fetched,
+        ]
+    }
+
+    fn set(&mut self, field: &str, value: u64) {
+        match field {
+            "hits" => self.hits = value,
+            "misses" => self.misses = value,
+            "bytes_served" => self.bytes_served = value,
+            "bytes_fetched" => self.bytes_fetched = value,
+            _ => {}
+        }
+    }
+
     /// Adds another repository's counts to these.
     pub fn add(&mut self, other: &Counts) {
         self.hits += other.hits;
@@ -71,12 +99,84 @@ impl Counts {
 
 /// Every repository's counters: read without a lock, the map copied only
 /// when a repository is counted for the first time.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Stats {
     repos: ArcSwap<HashMap<String, Arc<RepoStats>>>,
+    shared: Option<Shared>,
+}
+
+/// The cluster's counters in Redis, and how much of ours they hold.
+struct Shared {
+    redis: Arc<Redis>,
+    added: tokio::sync::Mutex<BTreeMap<String, Counts>>,
 }
 
 impl Stats {
+    /// Counters whose sums over the cluster are kept in `redis`; this
+    /// process adds its counts every few seconds until it is dropped.
+    pub fn shared(redis: Arc<Redis>) -> Arc<Stats> {
+        let stats = Arc::new(Stats {
+            repos: ArcSwap::default(),
+            shared: Some(Shared {
+                redis,
+                added: tokio::sync::Mutex::default(),
+            }),
+        });
+        tokio::spawn(share_regularly(Arc::downgrade(&stats)));
+        stats
+    }
+
+    /// Adds to the cluster's counters what this process counted since it
+    /// last did; what cannot be added now is added next time.
+    pub async fn share(&self) -> anyhow::Result<()> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let mut added = shared.added.lock().await;
+        let now = self.snapshot();
+        let mut amounts = Vec::new();
+        for (repo, counts) in &now {
+            let before = added.get(repo).copied().unwrap_or_default();
+            for ((field, value), old) in FIELDS.iter().zip(counts.values()).zip(before.values()) {
+                if value > old {
+                    amounts.push((format!("{repo}/{field}"), value - old));
+                }
+            }
+        }
+        shared.redis.add_counters(&amounts).await?;
+        *added = now;
+        Ok(())
+    }
+
+    /// Every repository's counts: the cluster's sums when they are shared
+    /// (this process's own if Redis cannot be reached), else this
+    /// process's since it started.
+    pub async fn totals(&self) -> BTreeMap<String, Counts> {
+        let Some(shared) = &self.shared else {
+            return self.snapshot();
+        };
+        let summed = async {
+            self.share().await?;
+            let mut totals: BTreeMap<String, Counts> = BTreeMap::new();
+            for (field, value) in shared.redis.counters().await? {
+                if let Some((repo, counter)) = field.rsplit_once('/') {
+                    totals
+                        .entry(repo.to_string())
+                        .or_default()
+                        .set(counter, value);
+                }
+            }
+            Ok::<_, anyhow::Error>(totals)
+        };
+        match summed.await {
+            Ok(totals) => totals,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the cluster's counters; showing this replica's");
+                self.snapshot()
+            }
+        }
+    }
+
     /// The counters of `repo`, created at zero on first use.
     pub fn repo(&self, repo: &str) -> Arc<RepoStats> {
         if let Some(stats) = self.repos.load().get(repo) {
@@ -128,6 +228,20 @@ impl Stats {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         response.map(|body| Body::new(CountedBody { inner: body, stats }))
+    }
+}
+
+/// Adds this process's counts to the cluster's every [`SHARE_EVERY`] until
+/// the counters are dropped.
+async fn share_regularly(stats: Weak<Stats>) {
+    loop {
+        tokio::time::sleep(SHARE_EVERY).await;
+        let Some(stats) = stats.upgrade() else {
+            return;
+        };
+        if let Err(e) = stats.share().await {
+            tracing::debug!(error = %format!("{e:#}"), "cannot add to the cluster's counters; will retry");
+        }
     }
 }
 

@@ -30,11 +30,14 @@ enum RenderError {
     Failed(AppError),
 }
 
-/// The key of `call`'s rendering of the raw document `digest`.
+/// The key of `call`'s rendering of the raw document `digest`. A rendering
+/// writes the publish times of files in quarantine to the shared cache, so
+/// one made before that cache lost its keys is made again.
 pub(super) fn render_key(ctx: &Ctx, call: &PluginCall, digest: &str) -> MemoKey {
     let mut key = call.memo_key("render");
     key.field(digest)
-        .field(quarantine::window(ctx).unwrap_or(0).to_le_bytes());
+        .field(quarantine::window(ctx).unwrap_or(0).to_le_bytes())
+        .field(ctx.app.storage.cache_epoch().to_le_bytes());
     key.finish()
 }
 

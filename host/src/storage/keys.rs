@@ -52,6 +52,9 @@ pub enum Key<'a> {
         /// The upload session's id.
         id: &'a str,
     },
+    /// The lock held by the garbage collection running (one at a time in a
+    /// cluster).
+    Gc,
 }
 
 impl fmt::Display for Key<'_> {
@@ -63,6 +66,7 @@ impl fmt::Display for Key<'_> {
             Key::Plugin { plugin, key } => write!(f, "plugin/{plugin}/{key}"),
             Key::Fill { repo, key } => write!(f, "fill/{repo}/{key}"),
             Key::Upload { id } => write!(f, "upload/{id}"),
+            Key::Gc => write!(f, "gc"),
         }
     }
 }
@@ -95,6 +99,7 @@ mod tests {
                 key: "k",
             },
             Key::Upload { id: "r/k" },
+            Key::Gc,
         ];
         let rendered: std::collections::HashSet<String> =
             keys.iter().map(ToString::to_string).collect();

@@ -21,17 +21,39 @@ pub trait TtlCache: Send + Sync {
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
 }
 
+/// What a held lock is, for its implementation.
+#[async_trait]
+pub trait Held: Send + Sync {
+    /// Whether no other holder has taken the lock over.
+    async fn still_held(&self) -> bool;
+}
+
 /// A held lock; dropping it releases the lock.
 pub struct LockGuard {
-    _inner: Box<dyn Send + Sync>,
+    inner: Box<dyn Held>,
+}
+
+impl LockGuard {
+    /// Wraps what an implementation holds.
+    pub fn new(inner: Box<dyn Held>) -> LockGuard {
+        LockGuard { inner }
+    }
+
+    /// Whether the lock is still this holder's: false once its lease lapsed
+    /// (say the process stalled) and another holder took it. A holder
+    /// checks before it commits, so it never writes over a newer holder.
+    pub async fn still_held(&self) -> bool {
+        self.inner.still_held().await
+    }
 }
 
 /// Named mutual exclusion, e.g. one upstream fetch per cache key.
 #[async_trait]
 pub trait Locks: Send + Sync {
-    /// Waits for and takes the lock `key`. A distributed implementation
-    /// releases it after `lease` even if the holder dies.
-    async fn lock(&self, key: &str, lease: Duration) -> anyhow::Result<LockGuard>;
+    /// Waits for and takes the lock `key`. A shared implementation keeps
+    /// it while the holder lives and releases it a lease after the holder
+    /// died.
+    async fn lock(&self, key: &str) -> anyhow::Result<LockGuard>;
 }
 
 #[derive(Clone)]
@@ -109,9 +131,21 @@ pub struct MemoryLocks {
     locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
+/// An in-process lock: nobody can take it over.
+struct LocalHeld {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+#[async_trait]
+impl Held for LocalHeld {
+    async fn still_held(&self) -> bool {
+        true
+    }
+}
+
 #[async_trait]
 impl Locks for MemoryLocks {
-    async fn lock(&self, key: &str, _lease: Duration) -> anyhow::Result<LockGuard> {
+    async fn lock(&self, key: &str) -> anyhow::Result<LockGuard> {
         let mutex = {
             let mut locks = self.locks.lock().expect("lock table poisoned");
             locks.retain(|_, weak| weak.strong_count() > 0);
@@ -125,9 +159,7 @@ impl Locks for MemoryLocks {
             }
         };
         let guard = mutex.lock_owned().await;
-        Ok(LockGuard {
-            _inner: Box::new(guard),
-        })
+        Ok(LockGuard::new(Box::new(LocalHeld { _guard: guard })))
     }
 }
 
@@ -150,10 +182,9 @@ mod tests {
     #[tokio::test]
     async fn locks_exclude() {
         let locks = Arc::new(MemoryLocks::default());
-        let guard = locks.lock("a", Duration::from_secs(1)).await.unwrap();
+        let guard = locks.lock("a").await.unwrap();
         let other = locks.clone();
-        let waiter =
-            tokio::spawn(async move { other.lock("a", Duration::from_secs(1)).await.map(|_| ()) });
+        let waiter = tokio::spawn(async move { other.lock("a").await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(!waiter.is_finished());
         drop(guard);

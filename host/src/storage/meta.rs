@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::QueryBuilder;
+
+use super::db::{on_db, DatabaseConfig, Db, SqlRow};
 
 /// Most values bound in one statement by the batch methods.
 pub const BATCH: usize = 500;
@@ -204,50 +204,52 @@ fn shard_of(repo: &str, path: &str) -> usize {
     (hash % HIT_SHARDS as u64) as usize
 }
 
-/// The embedded store: one SQLite file.
-pub struct SqliteMeta {
-    pool: SqlitePool,
+/// The metadata store on a SQL database: the embedded SQLite file or a
+/// shared PostgreSQL server.
+pub struct SqlMeta {
+    db: Db,
     hits: Arc<PendingHits>,
     queries: AtomicU64,
 }
 
-impl SqliteMeta {
-    /// Opens (creating if needed) the database at `path` and migrates it.
-    pub async fn open(path: &Path) -> anyhow::Result<SqliteMeta> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+impl SqlMeta {
+    /// Opens (creating if needed) the database and migrates it.
+    pub async fn open(config: &DatabaseConfig) -> anyhow::Result<SqlMeta> {
+        let db = Db::open(config).await?;
         let hits = Arc::new(PendingHits::default());
-        tokio::spawn(flush_hits_regularly(pool.clone(), Arc::downgrade(&hits)));
-        Ok(SqliteMeta {
-            pool,
+        tokio::spawn(flush_hits_regularly(db.clone(), Arc::downgrade(&hits)));
+        Ok(SqlMeta {
+            db,
             hits,
             queries: AtomicU64::new(0),
         })
     }
 
-    /// The pool, counting the statement about to be sent.
-    pub(super) fn db(&self) -> &SqlitePool {
+    /// Opens the embedded SQLite file at `path`.
+    pub async fn sqlite(path: &Path) -> anyhow::Result<SqlMeta> {
+        SqlMeta::open(&DatabaseConfig::Sqlite(path.to_path_buf())).await
+    }
+
+    /// The database, counting the statement about to be sent.
+    pub(super) fn db(&self) -> &Db {
         self.queries.fetch_add(1, Ordering::Relaxed);
-        &self.pool
+        &self.db
+    }
+
+    /// The database, for what the stores share besides records (secrets).
+    pub fn database(&self) -> &Db {
+        &self.db
     }
 }
 
 /// Writes pending hits every [`HIT_FLUSH_EVERY`] until the store is dropped.
-async fn flush_hits_regularly(pool: SqlitePool, hits: Weak<PendingHits>) {
+async fn flush_hits_regularly(db: Db, hits: Weak<PendingHits>) {
     loop {
         tokio::time::sleep(HIT_FLUSH_EVERY).await;
         let Some(hits) = hits.upgrade() else {
             return;
         };
-        if let Err(e) = write_hits(&pool, &hits).await {
+        if let Err(e) = write_hits(&db, &hits).await {
             tracing::warn!(error = %format!("{e:#}"), "cannot record hits; will retry");
         }
     }
@@ -255,16 +257,16 @@ async fn flush_hits_regularly(pool: SqlitePool, hits: Weak<PendingHits>) {
 
 /// Adds the pending hits to the database in one transaction; on failure
 /// they are put back to be written next time.
-async fn write_hits(pool: &SqlitePool, hits: &PendingHits) -> anyhow::Result<()> {
+async fn write_hits(db: &Db, hits: &PendingHits) -> anyhow::Result<()> {
     let batch = hits.take();
     if batch.is_empty() {
         return Ok(());
     }
-    let result = async {
+    let result = on_db!(db, pool, DB => async {
         let mut tx = pool.begin().await?;
         for (repo, paths) in &batch {
             for (path, count) in paths {
-                sqlx::query("UPDATE objects SET hits = hits + ? WHERE repo = ? AND path = ?")
+                sqlx::query("UPDATE objects SET hits = hits + $1 WHERE repo = $2 AND path = $3")
                     .bind(*count as i64)
                     .bind(repo)
                     .bind(path)
@@ -275,7 +277,7 @@ async fn write_hits(pool: &SqlitePool, hits: &PendingHits) -> anyhow::Result<()>
         tx.commit().await?;
         Ok::<_, anyhow::Error>(())
     }
-    .await;
+    .await);
     if result.is_err() {
         hits.restore(batch);
     }
@@ -299,19 +301,19 @@ fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
-fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<ObjectRecord> {
+fn record_from_row(row: &impl SqlRow) -> anyhow::Result<ObjectRecord> {
     Ok(ObjectRecord {
-        repo: row.try_get("repo")?,
-        path: row.try_get("path")?,
-        digest: row.try_get("digest")?,
-        size: row.try_get::<i64, _>("size")? as u64,
-        content_type: row.try_get("content_type")?,
-        origin: Origin::parse(row.try_get::<&str, _>("origin")?),
-        mutable: row.try_get::<i64, _>("mutable")? != 0,
-        stored_at: row.try_get("stored_at")?,
-        expires_at: row.try_get("expires_at")?,
-        upstream_etag: row.try_get("upstream_etag")?,
-        upstream_last_modified: row.try_get("upstream_last_modified")?,
+        repo: row.text("repo")?,
+        path: row.text("path")?,
+        digest: row.text("digest")?,
+        size: row.count("size")?,
+        content_type: row.text("content_type")?,
+        origin: Origin::parse(&row.text("origin")?),
+        mutable: row.flag("mutable")?,
+        stored_at: row.int("stored_at")?,
+        expires_at: row.int_opt("expires_at")?,
+        upstream_etag: row.text_opt("upstream_etag")?,
+        upstream_last_modified: row.text_opt("upstream_last_modified")?,
     })
 }
 
@@ -319,138 +321,158 @@ const COLUMNS: &str = "repo, path, digest, size, content_type, origin, mutable, 
                        expires_at, upstream_etag, upstream_last_modified";
 
 #[async_trait]
-impl MetaStore for SqliteMeta {
+impl MetaStore for SqlMeta {
     async fn get(&self, repo: &str, path: &str) -> anyhow::Result<Option<ObjectRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM objects WHERE repo = ? AND path = ?"
-        ))
-        .bind(repo)
-        .bind(path)
-        .fetch_optional(self.db())
-        .await?;
-        row.as_ref().map(record_from_row).transpose()
+        on_db!(self.db(), pool, DB => {
+            let row = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM objects WHERE repo = $1 AND path = $2"
+            ))
+            .bind(repo)
+            .bind(path)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(record_from_row).transpose()
+        })
     }
 
     async fn put(&self, r: &ObjectRecord) -> anyhow::Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO objects ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (repo, path) DO UPDATE SET digest = excluded.digest, \
-             size = excluded.size, content_type = excluded.content_type, \
-             origin = excluded.origin, mutable = excluded.mutable, \
-             stored_at = excluded.stored_at, expires_at = excluded.expires_at, \
-             upstream_etag = excluded.upstream_etag, \
-             upstream_last_modified = excluded.upstream_last_modified"
-        ))
-        .bind(&r.repo)
-        .bind(&r.path)
-        .bind(&r.digest)
-        .bind(r.size as i64)
-        .bind(&r.content_type)
-        .bind(r.origin.as_str())
-        .bind(r.mutable as i64)
-        .bind(r.stored_at)
-        .bind(r.expires_at)
-        .bind(&r.upstream_etag)
-        .bind(&r.upstream_last_modified)
-        .execute(self.db())
-        .await?;
-        Ok(())
+        on_db!(self.db(), pool, DB => {
+            sqlx::query(&format!(
+                "INSERT INTO objects ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (repo, path) DO UPDATE SET digest = excluded.digest, \
+                 size = excluded.size, content_type = excluded.content_type, \
+                 origin = excluded.origin, mutable = excluded.mutable, \
+                 stored_at = excluded.stored_at, expires_at = excluded.expires_at, \
+                 upstream_etag = excluded.upstream_etag, \
+                 upstream_last_modified = excluded.upstream_last_modified"
+            ))
+            .bind(&r.repo)
+            .bind(&r.path)
+            .bind(&r.digest)
+            .bind(r.size as i64)
+            .bind(&r.content_type)
+            .bind(r.origin.as_str())
+            .bind(r.mutable)
+            .bind(r.stored_at)
+            .bind(r.expires_at)
+            .bind(&r.upstream_etag)
+            .bind(&r.upstream_last_modified)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     async fn delete(&self, repo: &str, path: &str) -> anyhow::Result<Option<ObjectRecord>> {
-        let row = sqlx::query(&format!(
-            "DELETE FROM objects WHERE repo = ? AND path = ? RETURNING {COLUMNS}"
-        ))
-        .bind(repo)
-        .bind(path)
-        .fetch_optional(self.db())
-        .await?;
-        row.as_ref().map(record_from_row).transpose()
+        on_db!(self.db(), pool, DB => {
+            let row = sqlx::query(&format!(
+                "DELETE FROM objects WHERE repo = $1 AND path = $2 RETURNING {COLUMNS}"
+            ))
+            .bind(repo)
+            .bind(path)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(record_from_row).transpose()
+        })
     }
 
     async fn delete_paths(&self, repo: &str, paths: &[String]) -> anyhow::Result<u64> {
         let mut removed = 0;
         for batch in paths.chunks(BATCH) {
-            let mut query = QueryBuilder::<Sqlite>::new("DELETE FROM objects WHERE repo = ");
-            query.push_bind(repo).push(" AND path IN (");
-            let mut list = query.separated(", ");
-            for path in batch {
-                list.push_bind(path);
-            }
-            query.push(")");
-            removed += query.build().execute(self.db()).await?.rows_affected();
+            removed += on_db!(self.db(), pool, DB => {
+                let mut query = QueryBuilder::<DB>::new("DELETE FROM objects WHERE repo = ");
+                query.push_bind(repo).push(" AND path IN (");
+                let mut list = query.separated(", ");
+                for path in batch {
+                    list.push_bind(path);
+                }
+                query.push(")");
+                query.build().execute(pool).await?.rows_affected()
+            });
         }
         Ok(removed)
     }
 
     async fn list(&self, repo: &str, q: &ObjectQuery) -> anyhow::Result<Vec<StoredObject>> {
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {COLUMNS}, hits FROM objects WHERE repo = "
-        ));
-        query.push_bind(repo);
-        if let Some(after) = &q.after {
-            query.push(" AND path > ").push_bind(after);
-        }
-        if let Some(prefix) = q.prefix.as_ref().filter(|p| !p.is_empty()) {
-            query.push(" AND path >= ").push_bind(prefix);
-            if let Some(end) = prefix_end(prefix) {
-                query.push(" AND path < ").push_bind(end);
+        on_db!(self.db(), pool, DB => {
+            let mut query = QueryBuilder::<DB>::new(format!(
+                "SELECT {COLUMNS}, hits FROM objects WHERE repo = "
+            ));
+            query.push_bind(repo);
+            if let Some(after) = &q.after {
+                query.push(" AND path > ").push_bind(after);
             }
-        }
-        if let Some(origin) = q.origin {
-            query.push(" AND origin = ").push_bind(origin.as_str());
-        }
-        if let Some(mutable) = q.mutable {
-            query.push(" AND mutable = ").push_bind(mutable as i64);
-        }
-        query
-            .push(" ORDER BY path LIMIT ")
-            .push_bind(i64::from(q.limit));
-        let rows = query.build().fetch_all(self.db()).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredObject {
-                    record: record_from_row(row)?,
-                    hits: row.try_get::<i64, _>("hits")?.max(0) as u64,
+            if let Some(prefix) = q.prefix.as_ref().filter(|p| !p.is_empty()) {
+                query.push(" AND path >= ").push_bind(prefix);
+                if let Some(end) = prefix_end(prefix) {
+                    query.push(" AND path < ").push_bind(end);
+                }
+            }
+            if let Some(origin) = q.origin {
+                query.push(" AND origin = ").push_bind(origin.as_str());
+            }
+            if let Some(mutable) = q.mutable {
+                query.push(" AND mutable = ").push_bind(mutable);
+            }
+            query
+                .push(" ORDER BY path LIMIT ")
+                .push_bind(i64::from(q.limit));
+            let rows = query.build().fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(StoredObject {
+                        record: record_from_row(row)?,
+                        hits: row.count("hits")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     async fn usage(&self, repo: Option<&str>) -> anyhow::Result<BTreeMap<String, Usage>> {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT repo, COUNT(*) AS objects, COALESCE(SUM(size), 0) AS bytes FROM objects",
-        );
-        if let Some(repo) = repo {
-            query.push(" WHERE repo = ").push_bind(repo);
-        }
-        query.push(" GROUP BY repo");
-        let rows = query.build().fetch_all(self.db()).await?;
-        rows.iter()
-            .map(|row| {
-                let usage = Usage {
-                    objects: row.try_get::<i64, _>("objects")?.max(0) as u64,
-                    bytes: row.try_get::<i64, _>("bytes")?.max(0) as u64,
-                };
-                Ok((row.try_get("repo")?, usage))
-            })
-            .collect()
+        on_db!(self.db(), pool, DB => {
+            let mut query = QueryBuilder::<DB>::new(
+                "SELECT repo, COUNT(*) AS objects, \
+                 CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM objects",
+            );
+            if let Some(repo) = repo {
+                query.push(" WHERE repo = ").push_bind(repo);
+            }
+            query.push(" GROUP BY repo");
+            let rows = query.build().fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    let usage = Usage {
+                        objects: row.count("objects")?,
+                        bytes: row.count("bytes")?,
+                    };
+                    Ok((row.text("repo")?, usage))
+                })
+                .collect()
+        })
     }
 
     async fn referenced(&self, digests: &[String]) -> anyhow::Result<HashSet<String>> {
         let mut found = HashSet::new();
         for batch in digests.chunks(BATCH) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT DISTINCT digest FROM objects WHERE digest IN (",
-            );
-            let mut list = query.separated(", ");
-            for digest in batch {
-                list.push_bind(digest);
-            }
-            query.push(")");
-            for row in query.build().fetch_all(self.db()).await? {
-                found.insert(row.try_get("digest")?);
-            }
+            let rows = on_db!(self.db(), pool, DB => {
+                let mut query = QueryBuilder::<DB>::new(
+                    "SELECT DISTINCT digest FROM objects WHERE digest IN (",
+                );
+                let mut list = query.separated(", ");
+                for digest in batch {
+                    list.push_bind(digest);
+                }
+                query.push(")");
+                query
+                    .build()
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| row.text("digest"))
+                    .collect::<anyhow::Result<Vec<String>>>()?
+            });
+            found.extend(rows);
         }
         Ok(found)
     }
@@ -471,140 +493,6 @@ impl MetaStore for SqliteMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> ObjectRecord {
-        ObjectRecord {
-            repo: "files".into(),
-            path: "a/b.tar.gz".into(),
-            digest: "ab".repeat(32),
-            size: 42,
-            content_type: "application/gzip".into(),
-            origin: Origin::Remote,
-            mutable: false,
-            stored_at: 1_700_000_000,
-            expires_at: None,
-            upstream_etag: Some("\"x\"".into()),
-            upstream_last_modified: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn put_get_delete() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
-        let record = sample();
-        meta.put(&record).await.unwrap();
-        assert_eq!(
-            meta.get("files", "a/b.tar.gz").await.unwrap(),
-            Some(record.clone())
-        );
-        let mut newer = record.clone();
-        newer.origin = Origin::Local;
-        newer.expires_at = Some(5);
-        meta.put(&newer).await.unwrap();
-        assert_eq!(
-            meta.get("files", "a/b.tar.gz").await.unwrap(),
-            Some(newer.clone())
-        );
-        assert_eq!(
-            meta.delete("files", "a/b.tar.gz").await.unwrap(),
-            Some(newer)
-        );
-        assert_eq!(meta.get("files", "a/b.tar.gz").await.unwrap(), None);
-    }
-
-    fn at(repo: &str, path: &str, digest: &str, origin: Origin, mutable: bool) -> ObjectRecord {
-        ObjectRecord {
-            repo: repo.into(),
-            path: path.into(),
-            digest: digest.repeat(64),
-            size: 10,
-            origin,
-            mutable,
-            ..sample()
-        }
-    }
-
-    #[tokio::test]
-    async fn listing_usage_references_and_hits() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMeta::open(&dir.path().join("meta.db")).await.unwrap();
-        for (path, digest, origin, mutable) in [
-            ("a/1", "a", Origin::Remote, false),
-            ("a/2", "b", Origin::Remote, true),
-            ("a/3", "a", Origin::Local, false),
-            ("b/1", "c", Origin::Remote, false),
-            ("a\u{10FFFF}", "d", Origin::Remote, false),
-        ] {
-            meta.put(&at("files", path, digest, origin, mutable))
-                .await
-                .unwrap();
-        }
-        meta.put(&at("other", "x", "e", Origin::Local, false))
-            .await
-            .unwrap();
-
-        let paths = |objects: Vec<StoredObject>| -> Vec<String> {
-            objects.into_iter().map(|o| o.record.path).collect()
-        };
-        let page = |after: Option<&str>, prefix: Option<&str>| ObjectQuery {
-            after: after.map(str::to_string),
-            prefix: prefix.map(str::to_string),
-            limit: 2,
-            ..ObjectQuery::default()
-        };
-        let first = meta.list("files", &page(None, Some("a/"))).await.unwrap();
-        assert_eq!(paths(first), ["a/1", "a/2"]);
-        let second = meta
-            .list("files", &page(Some("a/2"), Some("a/")))
-            .await
-            .unwrap();
-        assert_eq!(paths(second), ["a/3"]);
-        let filtered = ObjectQuery {
-            origin: Some(Origin::Remote),
-            mutable: Some(false),
-            limit: 10,
-            ..ObjectQuery::default()
-        };
-        assert_eq!(
-            paths(meta.list("files", &filtered).await.unwrap()),
-            ["a/1", "a\u{10FFFF}", "b/1"]
-        );
-
-        let usage = meta.usage(None).await.unwrap();
-        assert_eq!(
-            usage["files"],
-            Usage {
-                objects: 5,
-                bytes: 50
-            }
-        );
-        assert_eq!(usage["other"].objects, 1);
-        assert_eq!(meta.usage(Some("other")).await.unwrap().len(), 1);
-
-        let asked = ["a", "c", "f"].map(|d| d.repeat(64)).to_vec();
-        let found = meta.referenced(&asked).await.unwrap();
-        assert_eq!(found, HashSet::from(["a".repeat(64), "c".repeat(64)]));
-
-        for _ in 0..3 {
-            meta.record_hit("files", "a/1");
-        }
-        meta.record_hit("files", "gone");
-        meta.flush_hits().await.unwrap();
-        meta.put(&at("files", "a/1", "f", Origin::Remote, false))
-            .await
-            .unwrap();
-        let listed = meta.list("files", &page(None, Some("a/1"))).await.unwrap();
-        assert_eq!(listed[0].hits, 3, "hits survive a refreshed record");
-        assert_eq!(listed[0].record.digest, "f".repeat(64));
-
-        let removed = meta
-            .delete_paths("files", &["a/1".into(), "b/1".into(), "none".into()])
-            .await
-            .unwrap();
-        assert_eq!(removed, 2);
-        assert_eq!(meta.usage(Some("files")).await.unwrap()["files"].objects, 3);
-    }
 
     #[test]
     fn prefix_ends() {

@@ -1,16 +1,18 @@
-//! An in-process cache of object records in front of the metadata store, so
-//! a cache hit costs a map look-up instead of a database round trip.
+//! An in-process cache of object records in front of the metadata store.
 //!
-//! Correct under writes: every write through this store drops the records
-//! it touches once the database has them, and a read that raced a write
-//! never leaves the older record behind (see [`RecordCache::get`]). Records
-//! written by another process sharing the database are seen after at most
-//! [`RecordCache::MAX_AGE`]: a record names its bytes by digest, so a
-//! record that is older than the database's costs at worst a revalidation
-//! of a mutable object (its expiry is in the record), never a body that
-//! does not match its record. Replicas that share a database and want
-//! every write seen at once call [`RecordCache::invalidate`] from an
-//! invalidation channel.
+//! On the embedded database, which no other process writes, the cache
+//! answers look-ups from memory, so a cache hit costs a map look-up instead
+//! of a database round trip. It is correct under writes: every write
+//! through this store drops the records it touches once the database has
+//! them, and a read that raced a write never leaves the older record behind
+//! (see [`RecordCache::get`]).
+//!
+//! On a database that replicas share, another replica's flush or delete must
+//! be seen by the very next request, so every look-up asks the database and
+//! the cache only keeps the last record read: it answers when the database
+//! cannot (a cache hit keeps being served while PostgreSQL is down). A
+//! record names its bytes by digest, so a record kept from before an outage
+//! never yields a body that does not match it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,9 @@ const CAPACITY_BYTES: u64 = 16 << 20;
 /// A [`MetaStore`] that answers record look-ups from memory.
 pub struct RecordCache {
     inner: Arc<dyn MetaStore>,
+    /// Other processes write to the database: memory answers only when
+    /// the database fails.
+    shared: bool,
     records: moka::sync::Cache<String, Arc<ObjectRecord>>,
     /// Bumped by every write, so a read that overlapped one does not keep
     /// what it read.
@@ -45,9 +50,13 @@ impl RecordCache {
     /// The longest a record stays in memory without being read again from
     /// the database.
     pub const MAX_AGE: Duration = Duration::from_secs(30);
+    /// The longest a record of a shared database is kept to answer while
+    /// the database is unreachable.
+    pub const FALLBACK_AGE: Duration = Duration::from_secs(600);
 
-    /// Caches the records of `inner`.
-    pub fn new(inner: Arc<dyn MetaStore>) -> RecordCache {
+    /// Caches the records of `inner`; `shared`: other processes write to
+    /// it too.
+    pub fn new(inner: Arc<dyn MetaStore>, shared: bool) -> RecordCache {
         let records = moka::sync::Cache::builder()
             .max_capacity(CAPACITY_BYTES)
             .weigher(|key: &String, record: &Arc<ObjectRecord>| {
@@ -64,19 +73,56 @@ impl RecordCache {
                     + 128;
                 u32::try_from(size).unwrap_or(u32::MAX)
             })
-            .time_to_live(Self::MAX_AGE)
+            .time_to_live(if shared {
+                Self::FALLBACK_AGE
+            } else {
+                Self::MAX_AGE
+            })
             .build();
         RecordCache {
             inner,
+            shared,
             records,
             writes: AtomicU64::new(0),
         }
     }
 
-    /// Forgets the record of `path` in `repo`, written elsewhere.
-    pub fn invalidate(&self, repo: &str, path: &str) {
+    /// Forgets the record of `path` in `repo`.
+    fn invalidate(&self, repo: &str, path: &str) {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.records.invalidate(&cache_key(repo, path));
+    }
+}
+
+impl RecordCache {
+    /// A look-up in a shared database, answered from memory only when the
+    /// database fails.
+    async fn get_shared(
+        &self,
+        key: String,
+        repo: &str,
+        path: &str,
+    ) -> anyhow::Result<Option<ObjectRecord>> {
+        let before = self.writes.load(Ordering::SeqCst);
+        match self.inner.get(repo, path).await {
+            Ok(Some(found)) => {
+                if self.writes.load(Ordering::SeqCst) == before {
+                    self.records.insert(key, Arc::new(found.clone()));
+                }
+                Ok(Some(found))
+            }
+            Ok(None) => {
+                self.records.invalidate(&key);
+                Ok(None)
+            }
+            Err(e) => match self.records.get(&key) {
+                Some(record) => {
+                    tracing::debug!(repo, path, error = %format!("{e:#}"), "database unavailable: serving the record read last");
+                    Ok(Some((*record).clone()))
+                }
+                None => Err(e),
+            },
+        }
     }
 }
 
@@ -88,6 +134,9 @@ impl MetaStore for RecordCache {
     /// come first).
     async fn get(&self, repo: &str, path: &str) -> anyhow::Result<Option<ObjectRecord>> {
         let key = cache_key(repo, path);
+        if self.shared {
+            return self.get_shared(key, repo, path).await;
+        }
         if let Some(record) = self.records.get(&key) {
             return Ok(Some((*record).clone()));
         }
@@ -153,7 +202,7 @@ impl MetaStore for RecordCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::meta::{Origin, SqliteMeta};
+    use crate::storage::meta::{Origin, SqlMeta};
 
     fn record(path: &str, digest: &str) -> ObjectRecord {
         ObjectRecord {
@@ -174,8 +223,8 @@ mod tests {
     #[tokio::test]
     async fn hits_skip_the_database_and_writes_are_seen() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(SqliteMeta::open(&dir.path().join("m.db")).await.unwrap());
-        let cache = RecordCache::new(db.clone());
+        let db = Arc::new(SqlMeta::sqlite(&dir.path().join("m.db")).await.unwrap());
+        let cache = RecordCache::new(db.clone(), false);
         cache.put(&record("a", "1")).await.unwrap();
         assert_eq!(cache.get("files", "a").await.unwrap().unwrap().digest, "1");
         let queries = cache.queries();
@@ -196,15 +245,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_write_elsewhere_is_seen_after_invalidation() {
+    async fn a_shared_database_is_asked_every_time_and_covered_when_down() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(SqliteMeta::open(&dir.path().join("m.db")).await.unwrap());
-        let cache = RecordCache::new(db.clone());
+        let db = Arc::new(SqlMeta::sqlite(&dir.path().join("m.db")).await.unwrap());
+        let cache = RecordCache::new(db.clone(), true);
         cache.put(&record("a", "1")).await.unwrap();
-        cache.get("files", "a").await.unwrap();
-        db.put(&record("a", "2")).await.unwrap();
         assert_eq!(cache.get("files", "a").await.unwrap().unwrap().digest, "1");
-        cache.invalidate("files", "a");
-        assert_eq!(cache.get("files", "a").await.unwrap().unwrap().digest, "2");
+        db.put(&record("a", "2")).await.unwrap();
+        assert_eq!(
+            cache.get("files", "a").await.unwrap().unwrap().digest,
+            "2",
+            "a write by another process is seen at once"
+        );
+        db.put(&record("b", "3")).await.unwrap();
+        cache.get("files", "b").await.unwrap();
+        db.delete("files", "b").await.unwrap();
+        assert_eq!(cache.get("files", "b").await.unwrap(), None);
+
+        db.database().close().await;
+        assert_eq!(
+            cache.get("files", "a").await.unwrap().unwrap().digest,
+            "2",
+            "the record read last answers while the database is down"
+        );
+        assert!(cache.get("files", "b").await.is_err());
     }
 }

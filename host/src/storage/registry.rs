@@ -3,9 +3,10 @@
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::QueryBuilder;
 
-use super::meta::SqliteMeta;
+use super::db::{on_db, Db, SqlRow};
+use super::meta::SqlMeta;
 use super::Storage;
 
 /// One staged part of an upload.
@@ -100,82 +101,112 @@ pub async fn discard(storage: &Storage, session: &UploadSession) {
     }
 }
 
-fn session_from_row(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<UploadSession> {
+fn session_from_row(row: &impl SqlRow) -> anyhow::Result<UploadSession> {
     Ok(UploadSession {
-        id: row.try_get("id")?,
-        repo: row.try_get("repo")?,
-        image: row.try_get("image")?,
-        size: row.try_get::<i64, _>("size")?.max(0) as u64,
-        parts: serde_json::from_str(row.try_get::<&str, _>("parts")?)?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        id: row.text("id")?,
+        repo: row.text("repo")?,
+        image: row.text("image")?,
+        size: row.count("size")?,
+        parts: serde_json::from_str(&row.text("parts")?)?,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+    })
+}
+
+fn referrer_from_row(row: &impl SqlRow) -> anyhow::Result<Referrer> {
+    Ok(Referrer {
+        repo: row.text("repo")?,
+        image: row.text("image")?,
+        subject: row.text("subject")?,
+        digest: row.text("digest")?,
+        media_type: row.text("media_type")?,
+        artifact_type: row.text_opt("artifact_type")?,
+        size: row.count("size")?,
+        annotations: row.text_opt("annotations")?,
     })
 }
 
 const UPLOAD_COLUMNS: &str = "id, repo, image, size, parts, created_at, updated_at";
 
 #[async_trait]
-impl RegistryStore for SqliteMeta {
+impl RegistryStore for SqlMeta {
     async fn upload(&self, id: &str) -> anyhow::Result<Option<UploadSession>> {
-        let row = sqlx::query(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM oci_uploads WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(self.db())
-        .await?;
-        row.as_ref().map(session_from_row).transpose()
+        on_db!(self.db(), pool, DB => {
+            let row = sqlx::query(&format!(
+                "SELECT {UPLOAD_COLUMNS} FROM oci_uploads WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(session_from_row).transpose()
+        })
     }
 
     async fn put_upload(&self, s: &UploadSession) -> anyhow::Result<()> {
-        sqlx::query(&format!(
-            "INSERT OR REPLACE INTO oci_uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&s.id)
-        .bind(&s.repo)
-        .bind(&s.image)
-        .bind(s.size as i64)
-        .bind(serde_json::to_string(&s.parts)?)
-        .bind(s.created_at)
-        .bind(s.updated_at)
-        .execute(self.db())
-        .await?;
-        Ok(())
+        let parts = serde_json::to_string(&s.parts)?;
+        on_db!(self.db(), pool, DB => {
+            sqlx::query(&format!(
+                "INSERT INTO oci_uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (id) DO UPDATE SET repo = excluded.repo, image = excluded.image, \
+                 size = excluded.size, parts = excluded.parts, \
+                 created_at = excluded.created_at, updated_at = excluded.updated_at"
+            ))
+            .bind(&s.id)
+            .bind(&s.repo)
+            .bind(&s.image)
+            .bind(s.size as i64)
+            .bind(&parts)
+            .bind(s.created_at)
+            .bind(s.updated_at)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     async fn delete_upload(&self, id: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM oci_uploads WHERE id = ?")
-            .bind(id)
-            .execute(self.db())
-            .await?;
-        Ok(())
+        on_db!(self.db(), pool, DB => {
+            sqlx::query("DELETE FROM oci_uploads WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 
     async fn idle_uploads(&self, before: i64) -> anyhow::Result<Vec<UploadSession>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {UPLOAD_COLUMNS} FROM oci_uploads WHERE updated_at < ? ORDER BY updated_at"
-        ))
-        .bind(before)
-        .fetch_all(self.db())
-        .await?;
-        rows.iter().map(session_from_row).collect()
+        on_db!(self.db(), pool, DB => {
+            let rows = sqlx::query(&format!(
+                "SELECT {UPLOAD_COLUMNS} FROM oci_uploads WHERE updated_at < $1 ORDER BY updated_at"
+            ))
+            .bind(before)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(session_from_row).collect()
+        })
     }
 
     async fn put_referrer(&self, r: &Referrer) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT OR REPLACE INTO oci_referrers (repo, image, subject, digest, media_type, \
-             artifact_type, size, annotations) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&r.repo)
-        .bind(&r.image)
-        .bind(&r.subject)
-        .bind(&r.digest)
-        .bind(&r.media_type)
-        .bind(&r.artifact_type)
-        .bind(r.size as i64)
-        .bind(&r.annotations)
-        .execute(self.db())
-        .await?;
-        Ok(())
+        on_db!(self.db(), pool, DB => {
+            sqlx::query(
+                "INSERT INTO oci_referrers (repo, image, subject, digest, media_type, \
+                 artifact_type, size, annotations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (repo, image, subject, digest) DO UPDATE SET \
+                 media_type = excluded.media_type, artifact_type = excluded.artifact_type, \
+                 size = excluded.size, annotations = excluded.annotations",
+            )
+            .bind(&r.repo)
+            .bind(&r.image)
+            .bind(&r.subject)
+            .bind(&r.digest)
+            .bind(&r.media_type)
+            .bind(&r.artifact_type)
+            .bind(r.size as i64)
+            .bind(&r.annotations)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     async fn referrers(
@@ -184,115 +215,62 @@ impl RegistryStore for SqliteMeta {
         image: &str,
         subject: &str,
     ) -> anyhow::Result<Vec<Referrer>> {
-        let rows = sqlx::query(
-            "SELECT repo, image, subject, digest, media_type, artifact_type, size, annotations \
-             FROM oci_referrers WHERE repo = ? AND image = ? AND subject = ? ORDER BY digest",
-        )
-        .bind(repo)
-        .bind(image)
-        .bind(subject)
-        .fetch_all(self.db())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Referrer {
-                    repo: row.try_get("repo")?,
-                    image: row.try_get("image")?,
-                    subject: row.try_get("subject")?,
-                    digest: row.try_get("digest")?,
-                    media_type: row.try_get("media_type")?,
-                    artifact_type: row.try_get("artifact_type")?,
-                    size: row.try_get::<i64, _>("size")?.max(0) as u64,
-                    annotations: row.try_get("annotations")?,
-                })
-            })
-            .collect()
+        on_db!(self.db(), pool, DB => {
+            let rows = sqlx::query(
+                "SELECT repo, image, subject, digest, media_type, artifact_type, size, annotations \
+                 FROM oci_referrers WHERE repo = $1 AND image = $2 AND subject = $3 ORDER BY digest",
+            )
+            .bind(repo)
+            .bind(image)
+            .bind(subject)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(referrer_from_row).collect()
+        })
     }
 
     async fn delete_referrer(&self, repo: &str, image: &str, digest: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM oci_referrers WHERE repo = ? AND image = ? AND digest = ?")
-            .bind(repo)
-            .bind(image)
-            .bind(digest)
-            .execute(self.db())
-            .await?;
-        Ok(())
+        on_db!(self.db(), pool, DB => {
+            sqlx::query("DELETE FROM oci_referrers WHERE repo = $1 AND image = $2 AND digest = $3")
+                .bind(repo)
+                .bind(image)
+                .bind(digest)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 
     async fn images(&self, repos: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         if repos.is_empty() {
             return Ok(Vec::new());
         }
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT DISTINCT repo, substr(path, 1, instr(path, '/manifests/') - 1) AS image \
-             FROM objects WHERE instr(path, '/manifests/') > 1 AND repo IN (",
-        );
-        let mut list = query.separated(", ");
-        for repo in repos {
-            list.push_bind(repo);
-        }
-        query.push(") ORDER BY repo, image");
-        let rows = query.build().fetch_all(self.db()).await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("repo")?, row.try_get("image")?)))
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn sessions_and_referrers_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let meta = SqliteMeta::open(&dir.path().join("m.db")).await.unwrap();
-        let mut session = UploadSession {
-            id: "u1".into(),
-            repo: "docker".into(),
-            image: "app".into(),
-            size: 0,
-            parts: Vec::new(),
-            created_at: 10,
-            updated_at: 10,
+        const MARKER: &str = "/manifests/";
+        let db = self.db();
+        // Where a string first occurs in another: spelled differently by
+        // each database, with the same arguments.
+        let find = match db {
+            Db::Sqlite(_) => "instr",
+            Db::Postgres(_) => "strpos",
         };
-        meta.put_upload(&session).await.unwrap();
-        session.parts.push(UploadPart {
-            key: "uploads/u1/0".into(),
-            size: 5,
-            sha256: "ab".repeat(32),
-        });
-        session.size = 5;
-        session.updated_at = 20;
-        meta.put_upload(&session).await.unwrap();
-        assert_eq!(meta.upload("u1").await.unwrap(), Some(session.clone()));
-        assert!(meta.idle_uploads(20).await.unwrap().is_empty());
-        assert_eq!(meta.idle_uploads(21).await.unwrap(), vec![session]);
-        meta.delete_upload("u1").await.unwrap();
-        assert_eq!(meta.upload("u1").await.unwrap(), None);
-
-        let referrer = Referrer {
-            repo: "docker".into(),
-            image: "app".into(),
-            subject: "sha256:aa".into(),
-            digest: "sha256:bb".into(),
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            artifact_type: Some("application/example".into()),
-            size: 3,
-            annotations: None,
-        };
-        meta.put_referrer(&referrer).await.unwrap();
-        assert_eq!(
-            meta.referrers("docker", "app", "sha256:aa").await.unwrap(),
-            vec![referrer]
-        );
-        meta.delete_referrer("docker", "app", "sha256:bb")
-            .await
-            .unwrap();
-        assert!(meta
-            .referrers("docker", "app", "sha256:aa")
-            .await
-            .unwrap()
-            .is_empty());
+        on_db!(db, pool, DB => {
+            let mut query = QueryBuilder::<DB>::new(format!(
+                "SELECT DISTINCT repo, substr(path, 1, {find}(path, "
+            ));
+            query
+                .push_bind(MARKER)
+                .push(format!(") - 1) AS image FROM objects WHERE {find}(path, "))
+                .push_bind(MARKER)
+                .push(") > 1 AND repo IN (");
+            let mut list = query.separated(", ");
+            for repo in repos {
+                list.push_bind(repo);
+            }
+            query.push(") ORDER BY repo, image");
+            let rows = query.build().fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| Ok((row.text("repo")?, row.text("image")?)))
+                .collect()
+        })
     }
 }

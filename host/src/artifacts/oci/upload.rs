@@ -7,8 +7,6 @@
 //! loses nothing, and the parts are assembled into one blob, verified
 //! against the digest the client names, only at the end.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,9 +21,6 @@ use crate::storage::kv::LockGuard;
 use crate::storage::registry::{discard, UploadPart, UploadSession};
 use crate::storage::{Key, ObjectRecord, Origin, Storage};
 use crate::util::now_secs;
-
-/// How long one request may hold an upload session.
-const SESSION_LEASE: Duration = Duration::from_secs(3600);
 
 fn upload_unknown(id: &str) -> AppError {
     AppError::new(
@@ -173,10 +168,7 @@ async fn link_blob(req: &Req, digest: &OciDigest, source: &str) -> Result<bool, 
 /// Loads a session of this image, holding its lock.
 async fn session(req: &Req, id: &str) -> Result<(UploadSession, LockGuard), AppError> {
     let storage = &req.ctx.app.storage;
-    let lock = storage
-        .locks
-        .lock(&Key::Upload { id }.to_string(), SESSION_LEASE)
-        .await?;
+    let lock = storage.locks.lock(&Key::Upload { id }.to_string()).await?;
     let session = storage
         .registry
         .upload(id)
@@ -314,6 +306,13 @@ async fn append(req: &Req, id: &str, body: Body) -> Result<Chunk, AppError> {
         session.size += part.size;
         session.parts.push(part);
         session.updated_at = now_secs();
+        if !lock.still_held().await {
+            return Err(AppError::new(
+                StatusCode::CONFLICT,
+                "BLOB_UPLOAD_INVALID",
+                "another request took this upload over while the chunk arrived; ask for the upload's offset and send it again",
+            ));
+        }
         req.ctx.app.storage.registry.put_upload(&session).await?;
     }
     Ok(Chunk::Appended(session, lock))
