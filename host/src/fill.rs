@@ -171,7 +171,8 @@ pub struct FillJob {
     pub headers: Vec<(String, String)>,
     /// The record to write; digest, size, times and upstream validators
     /// are filled in here. Its `stored_at` is when the request began: a
-    /// record another fill stored since then is taken as it is.
+    /// record another fill stored since then (or a fresh one other than
+    /// `revalidate`, by a fill that began before) is taken as it is.
     pub record: ObjectRecord,
     /// Seconds the object stays fresh once stored; None: forever.
     pub ttl: Option<u64>,
@@ -326,6 +327,18 @@ async fn revalidate_by_digest(
     Ok(Some(refreshed))
 }
 
+/// Whether `record`, found once the fill's lock was taken, is what another
+/// fill (on this replica or another, which held the lock meanwhile) stored
+/// for this request: stored since the request began, or a fresh record
+/// other than the copy this fill came to replace.
+fn filled_meanwhile(job: &FillJob, record: &ObjectRecord, now: i64) -> bool {
+    if record.stored_at >= job.record.stored_at {
+        return true;
+    }
+    let fresh = record.expires_at.is_none_or(|at| at > now);
+    fresh && job.revalidate.as_ref().is_none_or(|stale| record != stale)
+}
+
 async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
     let lock_key = Key::Fill {
         repo: &job.record.repo,
@@ -345,7 +358,7 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
         .get(&job.record.repo, &job.record.path)
         .await
     {
-        if record.stored_at >= job.record.stored_at {
+        if filled_meanwhile(job, &record, started) {
             return Ok(record);
         }
     }

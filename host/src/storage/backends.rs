@@ -20,6 +20,9 @@ use super::db::DatabaseConfig;
 /// others at most this long.
 pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(30);
 
+/// The default disk space for local copies of blobs kept in S3, in MiB.
+pub const DEFAULT_S3_COPIES_MB: u64 = 2048;
+
 /// Where the server keeps its state.
 #[derive(Debug, Clone)]
 pub struct Backends {
@@ -31,6 +34,9 @@ pub struct Backends {
     pub objects: ObjectStoreConfig,
     /// How long a lock is held without being renewed.
     pub lock_lease: Duration,
+    /// Bytes of local copies of blobs kept in an S3 bucket (in the data
+    /// folder); 0: none.
+    pub local_copies: u64,
 }
 
 /// Where blob bytes live.
@@ -123,6 +129,7 @@ impl Backends {
             redis: None,
             objects: ObjectStoreConfig::Local(data.join("cas")),
             lock_lease: DEFAULT_LOCK_LEASE,
+            local_copies: DEFAULT_S3_COPIES_MB << 20,
         }
     }
 
@@ -148,6 +155,7 @@ impl Backends {
             "redis": self.redis.as_deref().map(redact_url),
             "object_store": objects,
             "lock_lease_seconds": self.lock_lease.as_secs(),
+            "s3_copies_mb": self.local_copies >> 20,
         })
     }
 }
@@ -189,6 +197,11 @@ pub struct BackendArgs {
     /// holding one blocks the others this long at most.
     #[arg(long, env = "ARTIFACTAPI_LOCK_LEASE_SECONDS", default_value_t = DEFAULT_LOCK_LEASE.as_secs())]
     pub lock_lease_seconds: u64,
+    /// Disk space, in MiB, for copies of the blobs kept in S3 that this
+    /// replica reads or writes (in s3-copies/ of the data folder, emptied
+    /// at start; the least recently used are removed beyond it); 0: none.
+    #[arg(long, env = "ARTIFACTAPI_S3_COPIES_MB", default_value_t = DEFAULT_S3_COPIES_MB)]
+    pub s3_copies_mb: u64,
 }
 
 impl BackendArgs {
@@ -250,6 +263,7 @@ impl BackendArgs {
             "--lock-lease-seconds must be at least 1"
         );
         backends.lock_lease = Duration::from_secs(self.lock_lease_seconds);
+        backends.local_copies = self.s3_copies_mb << 20;
         Ok(backends)
     }
 }
@@ -271,6 +285,7 @@ mod tests {
     fn args() -> BackendArgs {
         BackendArgs {
             lock_lease_seconds: 30,
+            s3_copies_mb: DEFAULT_S3_COPIES_MB,
             ..BackendArgs::default()
         }
     }
@@ -328,6 +343,7 @@ mod tests {
             redis_url: Some("redis://127.0.0.1:7000".into()),
             object_store: Some("s3://bucket/some/prefix/".into()),
             lock_lease_seconds: 5,
+            s3_copies_mb: 0,
         };
         let backends = resolve(explicit, &legacy);
         assert_eq!(backends.database.redacted(), "postgres://a@h:5432/d");

@@ -22,6 +22,8 @@ use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, WriteMultipart};
 use sha2::{Digest as _, Sha256};
 
+use super::copies::LocalCopies;
+
 /// Bytes read from disk per step when streaming a file.
 pub const READ_CHUNK: usize = 256 * 1024;
 /// Objects up to this size are kept in memory once read, by digest.
@@ -199,6 +201,8 @@ pub struct Cas {
     /// Small objects read lately: content-addressed, so never out of date,
     /// and a hit costs no step off the async workers.
     small: moka::sync::Cache<Digest, Bytes>,
+    /// Local copies of a remote store's blobs.
+    copies: Option<Arc<LocalCopies>>,
 }
 
 fn small_objects() -> moka::sync::Cache<Digest, Bytes> {
@@ -315,11 +319,18 @@ impl Cas {
             staging: Staging::InStore,
             local_root: Some(dir.to_path_buf()),
             small: small_objects(),
+            copies: None,
         })
     }
 
-    /// A store on any `object_store` backend, spooling under `spool_dir`.
-    pub fn remote(store: Arc<dyn ObjectStore>, spool_dir: &Path) -> anyhow::Result<Cas> {
+    /// A store on any `object_store` backend, spooling under `spool_dir`,
+    /// keeping local copies of the blobs it reads and writes in `copies`
+    /// (on the same file system as the spool).
+    pub fn remote(
+        store: Arc<dyn ObjectStore>,
+        spool_dir: &Path,
+        copies: Option<Arc<LocalCopies>>,
+    ) -> anyhow::Result<Cas> {
         std::fs::create_dir_all(spool_dir)?;
         Ok(Cas {
             store,
@@ -327,6 +338,7 @@ impl Cas {
             staging: Staging::Upload,
             local_root: None,
             small: small_objects(),
+            copies,
         })
     }
 
@@ -360,13 +372,19 @@ impl Cas {
     /// as young until the metadata record that references it is written.
     pub async fn commit(&self, finished: Finished) -> anyhow::Result<Digest> {
         let digest = finished.digest.clone();
-        self.place(finished, digest.key()).await?;
+        self.place(finished, digest.key(), true).await?;
         Ok(digest)
     }
 
     /// Moves a finished spool to `key`: a rename within the local store, an
-    /// upload to a remote one.
-    async fn place(&self, mut finished: Finished, key: StorePath) -> anyhow::Result<()> {
+    /// upload to a remote one (after which the spool file becomes the
+    /// blob's local copy when `keep_copy`).
+    async fn place(
+        &self,
+        mut finished: Finished,
+        key: StorePath,
+        keep_copy: bool,
+    ) -> anyhow::Result<()> {
         let path = std::mem::take(&mut finished.path);
         match self.staging {
             Staging::InStore => {
@@ -382,7 +400,14 @@ impl Cas {
             }
             Staging::Upload => {
                 let result = self.upload(&path, &key).await;
-                let _ = tokio::fs::remove_file(&path).await;
+                match (&result, &self.copies) {
+                    (Ok(()), Some(copies)) if keep_copy => {
+                        copies.adopt(&path, &finished.digest, finished.size)
+                    }
+                    _ => {
+                        let _ = tokio::fs::remove_file(&path).await;
+                    }
+                }
                 result?;
             }
         }
@@ -407,7 +432,7 @@ impl Cas {
     /// where it stays until [`Cas::delete_key`] or [`Cas::promote`]: the
     /// staged parts of an upload in progress.
     pub async fn commit_as(&self, finished: Finished, key: &str) -> anyhow::Result<()> {
-        self.place(finished, StorePath::from(key)).await
+        self.place(finished, StorePath::from(key), false).await
     }
 
     /// Moves an object staged under `key` whose bytes are known to have
@@ -469,6 +494,11 @@ impl Cas {
         if let Some(bytes) = self.small.get(digest) {
             return Ok(Some(bytes.len() as u64));
         }
+        if let Some(path) = self.copies.as_ref().and_then(|c| c.find(digest)) {
+            if let Ok(meta) = tokio::fs::metadata(path).await {
+                return Ok(Some(meta.len()));
+            }
+        }
         match self.store.head(&digest.key()).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -503,8 +533,21 @@ impl Cas {
             }
             return Ok(None);
         }
+        if let Some(path) = self.copies.as_ref().and_then(|c| c.find(digest)) {
+            let wanted = range.clone();
+            let opened = tokio::task::spawn_blocking(move || open_local(&path, wanted)).await??;
+            match opened {
+                Some((body, whole)) => {
+                    if let Some(bytes) = whole {
+                        self.small.insert(digest.clone(), bytes);
+                    }
+                    return Ok(Some(body));
+                }
+                None => self.copies.as_ref().map_or((), |c| c.remove(digest)),
+            }
+        }
         let options = GetOptions {
-            range: range.map(GetRange::Bounded),
+            range: range.clone().map(GetRange::Bounded),
             ..Default::default()
         };
         let result = match self.store.get_opts(&digest.key(), options).await {
@@ -512,6 +555,15 @@ impl Cas {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
+        if range.is_none() && result.meta.size <= SMALL_OBJECT {
+            // Small enough to keep: the next read asks the backend nothing.
+            let whole = result.bytes().await?;
+            self.small.insert(digest.clone(), whole.clone());
+            return Ok(Some(BlobBody::Bytes(whole)));
+        }
+        if let Some(copies) = &self.copies {
+            copies.fetch(self.store.clone(), digest.key(), digest.clone());
+        }
         let range = result.range.clone();
         Ok(Some(match result.payload {
             GetResultPayload::File(file, _) => {
@@ -545,6 +597,9 @@ impl Cas {
     /// Removes a stored object.
     pub async fn delete(&self, digest: &Digest) -> anyhow::Result<()> {
         self.small.invalidate(digest);
+        if let Some(copies) = &self.copies {
+            copies.remove(digest);
+        }
         match self.store.delete(&digest.key()).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
@@ -720,7 +775,7 @@ mod tests {
     async fn a_remote_backend_gets_the_spool_uploaded() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(object_store::memory::InMemory::new());
-        let cas = Cas::remote(store, &dir.path().join("spool")).unwrap();
+        let cas = Cas::remote(store, &dir.path().join("spool"), None).unwrap();
         let mut spool = cas.spool().await.unwrap();
         let data = vec![42u8; 600_000];
         spool.append(&data).await.unwrap();
@@ -730,6 +785,69 @@ mod tests {
         assert_eq!(&back[..], &data[..]);
         let left = std::fs::read_dir(dir.path().join("spool")).unwrap().count();
         assert_eq!(left, 0, "the spool is removed after the upload");
+    }
+
+    #[tokio::test]
+    async fn a_remote_backends_blobs_are_kept_and_served_as_local_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let copies_dir = dir.path().join("copies");
+        let copies = LocalCopies::new(&copies_dir, 64 << 20).unwrap();
+        let cas = Cas::remote(store.clone(), &dir.path().join("spool"), Some(copies)).unwrap();
+        let copy_count = || std::fs::read_dir(&copies_dir).unwrap().count();
+
+        // Committed here: the verified spool file becomes the copy.
+        let data = vec![7u8; 300_000];
+        let mut spool = cas.spool().await.unwrap();
+        spool.append(&data).await.unwrap();
+        let digest = cas.commit(spool.finish().await.unwrap()).await.unwrap();
+        assert_eq!(copy_count(), 1);
+        store.delete(&digest.key()).await.unwrap();
+        let back = cas.read_capped(&digest, u64::MAX).await.unwrap().unwrap();
+        assert_eq!(&back[..], &data[..], "served from the local copy");
+        cas.delete(&digest).await.unwrap();
+        assert_eq!(copy_count(), 0, "a deleted blob's copy goes with it");
+
+        // Committed elsewhere: read from the store once, copied meanwhile.
+        let other = vec![9u8; 200_000];
+        let other_digest = Digest::of(&other);
+        store
+            .put(&other_digest.key(), Bytes::from(other.clone()).into())
+            .await
+            .unwrap();
+        let back = cas
+            .read_capped(&other_digest, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back[..], &other[..]);
+        for _ in 0..100 {
+            if copy_count() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.delete(&other_digest.key()).await.unwrap();
+        let back = cas
+            .read_capped(&other_digest, u64::MAX)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back[..], &other[..], "the background copy serves it");
+
+        // Bytes in the store that are not what their name says are not kept.
+        let forged = Digest::of(b"something else");
+        store
+            .put(&forged.key(), Bytes::from(vec![1u8; 100_000]).into())
+            .await
+            .unwrap();
+        cas.read_capped(&forged, u64::MAX).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            copy_count(),
+            1,
+            "a copy whose digest does not match was kept"
+        );
     }
 
     #[test]

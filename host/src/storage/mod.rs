@@ -2,6 +2,7 @@
 
 pub mod backends;
 pub mod cas;
+pub mod copies;
 pub mod db;
 pub mod keys;
 pub mod kv;
@@ -54,7 +55,14 @@ impl Storage {
         let db = meta.database().clone();
         let cas = match &backends.objects {
             ObjectStoreConfig::Local(dir) => Cas::local(dir)?,
-            ObjectStoreConfig::S3(s3) => Cas::remote(s3.build()?, &data_dir.join("spool"))?,
+            ObjectStoreConfig::S3(s3) => {
+                let copies = (backends.local_copies > 0)
+                    .then(|| {
+                        copies::LocalCopies::new(&data_dir.join("s3-copies"), backends.local_copies)
+                    })
+                    .transpose()?;
+                Cas::remote(s3.build()?, &data_dir.join("spool"), copies)?
+            }
         };
         let (cache, locks, redis): (Arc<dyn TtlCache>, Arc<dyn Locks>, _) = match &backends.redis {
             Some(url) => {

@@ -326,6 +326,7 @@ impl SharedBackends {
             redis: Some(self.redis.url()),
             objects: ObjectStoreConfig::S3(self.s3.config(NAME)),
             lock_lease: Duration::from_secs(3),
+            local_copies: 64 << 20,
         }
     }
 

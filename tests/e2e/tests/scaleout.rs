@@ -211,15 +211,23 @@ async fn three_replicas_on_shared_backends_serve_as_one() {
         );
     }
 
-    // 30 clients spread over the replicas miss one 64 MiB file at once:
-    // one upstream GET, 30 complete and correct bodies.
+    // 30 clients spread over the replicas miss one 64 MiB file, half of
+    // them at once, half while the fill is under way (seconds after it
+    // began): one upstream GET, 30 complete and correct bodies.
     let len = 64 << 20;
     let expected = sha256(&generated(len));
-    let path = format!("slow/{len}/2");
+    let path = format!("slow/{len}/3");
     let urls: Vec<String> = (0..30)
         .map(|i| c.replicas[i % 3].url(&format!("/api/v1/remote/files/{path}")))
         .collect();
-    let results = futures::future::join_all(urls.into_iter().map(timed_fetch)).await;
+    let results =
+        futures::future::join_all(urls.into_iter().enumerate().map(|(i, url)| async move {
+            if i >= 15 {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
+            timed_fetch(url).await
+        }))
+        .await;
     assert_eq!(
         c.upstream.hits(&path),
         1,
