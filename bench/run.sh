@@ -11,6 +11,7 @@
 #   BENCH_SKIP_PLUGIN  set to 1 to skip the plugin call benchmark
 #   BENCH_KEEP         set to 1 to keep the temp dir (logs, configs)
 #   BENCH_SKIP_HUGE    set to 1 to skip the 1 GiB miss
+#   BENCH_SKIP_SHARED  set to 1 to skip the rows on PostgreSQL + Redis + S3
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -329,10 +330,88 @@ if [[ ${BENCH_SKIP_HUGE:-0} != 1 ]]; then
     done
 fi
 
+# --- shared backends: PostgreSQL + Redis + S3, two replicas ------------------
+
+FOLLOW=()
+if [[ ${BENCH_SKIP_SHARED:-0} != 1 ]]; then
+    kill "$API_PID" && wait "$API_PID" 2>/dev/null || true
+    log "shared backends: PostgreSQL, Redis, s3s-fs"
+    bash "$ROOT/tests/setup/scaleout.sh" >&2
+    TOOLS=${ARTIFACTAPI_E2E_TOOLS:-$ROOT/target/e2e-tools}
+    PG=$WORK/pg
+    mkdir -p "$PG"
+    PG_BIN=$(pg_config --bindir)
+    as_pg=()
+    if [[ $EUID -eq 0 ]]; then chown postgres "$PG"; as_pg=(runuser -u postgres --); fi
+    PG_PORT=$(free_port)
+    "${as_pg[@]}" "$PG_BIN/initdb" -D "$PG/data" --no-sync -A trust -U postgres -E UTF8 --locale=C >/dev/null
+    "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG/data" -l "$PG/log" -w \
+        -o "-p $PG_PORT -k $PG -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+    stop_pg() { "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG/data" -m fast -w stop >/dev/null 2>&1 || true; }
+    trap 'stop_pg; cleanup' EXIT
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+    PIDS+=($!)
+    S3_PORT=$(free_port)
+    mkdir -p "$WORK/s3/bench"
+    "$TOOLS/bin/s3s-fs" --host 127.0.0.1 --port "$S3_PORT" --access-key bench --secret-key bench-secret "$WORK/s3" >"$WORK/s3.log" 2>&1 &
+    PIDS+=($!)
+    sleep 1
+    truncate -s 256M "$WWW/fill256.bin"
+    chmod a+r "$WWW/fill256.bin"
+    REPLICAS=()
+    for i in 1 2; do
+        port=$(free_port)
+        AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret AWS_REGION=us-east-1 \
+        RUST_LOG=${BENCH_RUST_LOG:-info} "$BIN" serve \
+            --config "$WORK/remotes.yaml" --data "$WORK/replica$i" --plugins "$PLUGINS" \
+            --listen "127.0.0.1:$port" --database-url "postgres://postgres@127.0.0.1:$PG_PORT/artifacts" \
+            --redis-url "redis://127.0.0.1:$REDIS_PORT" --object-store s3://bench >"$WORK/replica$i.log" 2>&1 &
+        PIDS+=($!)
+        REPLICAS+=("http://127.0.0.1:$port")
+        wait_http "http://127.0.0.1:$port/health" "replica $i"
+    done
+    SHARED=${REPLICAS[0]}
+    for f in small.bin large.bin; do
+        curl -fsS -o /dev/null -X PUT --data-binary "@$WWW/$f" "$SHARED/api/v1/remote/files/$f" ||
+            die "upload of $f to the shared backends failed (log: $WORK/replica1.log)"
+        check "$SHARED/api/v1/remote/files/$f" local "$WWW/$f" >&2 || die "shared local check failed"
+        check "$SHARED/api/v1/remote/mirror/$f" "" "$WWW/$f" >&2 || die "shared remote fill failed"
+        ok=
+        for _ in $(seq 1 50); do
+            if msg=$(check "$SHARED/api/v1/remote/mirror/$f" cache "$WWW/$f"); then ok=1; break; fi
+            sleep 0.1
+        done
+        [[ -n $ok ]] || die "no cache hit on the shared backends: $msg"
+    done
+    for size in 4k 1m; do
+        case $size in
+            4k) f=small.bin name="4 KiB" ;;
+            1m) f=large.bin name="1 MiB" ;;
+        esac
+        run_wrk "artifactapi on PostgreSQL + Redis + S3, local, $name" "shared-local-$size" "nginx-$size" "$SHARED/api/v1/remote/files/$f"
+        run_wrk "artifactapi on PostgreSQL + Redis + S3, remote cache hit, $name" "shared-cache-$size" "nginx-$size" "$SHARED/api/v1/remote/mirror/$f"
+    done
+    # A 256 MiB miss on replica 1 while replica 2 is asked for it too: the
+    # follower's first byte comes once the leader has committed the body.
+    log "256 MiB fill followed on another replica"
+    for i in 1 2 3; do
+        cp --sparse=always "$WWW/fill256.bin" "$WWW/fill256-$i.bin"
+        chmod a+r "$WWW/fill256-$i.bin"
+        curl -sS -o /dev/null -w '%{time_starttransfer} %{time_total}' "${REPLICAS[0]}/api/v1/remote/mirror/fill256-$i.bin" >"$WORK/leader-$i" &
+        leader=$!
+        sleep 0.05
+        follower=$(curl -sS -o /dev/null -w '%{time_starttransfer} %{time_total}' "${REPLICAS[1]}/api/v1/remote/mirror/fill256-$i.bin")
+        wait "$leader"
+        FOLLOW+=("$i $(cat "$WORK/leader-$i") $follower")
+    done
+fi
+
 # The servers are done: stop them before the plugin benchmark.
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 PIDS=()
+[[ ${BENCH_SKIP_SHARED:-0} == 1 ]] || stop_pg
 
 CPUS=$(nproc)
 MODEL=$(lscpu 2>/dev/null | awk -F': *' '/^Model name/ { print $2; exit }')
@@ -364,6 +443,19 @@ if ((${#HUGE[@]})); then
         read -r i d_first d_total p_first p_total <<<"$row"
         awk -v i="$i" -v d="$d_first" -v p="$p_first" -v t="$p_total" 'BEGIN {
             printf "| huge%s.bin | %.1f ms | %.1f ms | %+.1f ms | %.2f s |\n", i, d * 1000, p * 1000, (p - d) * 1000, t }'
+    done
+    echo
+fi
+
+if ((${#FOLLOW[@]})); then
+    echo "### A 256 MiB miss on one replica, asked for on another at once (shared backends)"
+    echo
+    echo "| run | leader first byte | leader total | follower first byte | follower total |"
+    echo "|---|---:|---:|---:|---:|"
+    for row in "${FOLLOW[@]}"; do
+        read -r i l_first l_total f_first f_total <<<"$row"
+        awk -v i="$i" -v a="$l_first" -v b="$l_total" -v c="$f_first" -v d="$f_total" 'BEGIN {
+            printf "| %s | %.1f ms | %.2f s | %.0f ms | %.2f s |\n", i, a * 1000, b, c * 1000, d }'
     done
     echo
 fi
