@@ -208,19 +208,27 @@ check() {
     cmp -s "$WORK/check.out" "$file" || { echo "$url: body differs from $file"; return 1; }
 }
 
+# check_files base log: the uploads answer from files/, and mirror/ fills
+# its cache from nginx and then answers hits. The fill commits once the
+# body is through, so the next GET may need a moment to see it.
+check_files() {
+    local base=$1 logfile=$2 f ok msg
+    for f in small.bin large.bin; do
+        check "$base/api/v1/remote/files/$f" local "$WWW/$f" >&2 || die "local check failed (log: $logfile)"
+        check "$base/api/v1/remote/mirror/$f" "" "$WWW/$f" >&2 || die "remote fill failed (log: $logfile)"
+        ok=
+        for _ in $(seq 1 50); do
+            if msg=$(check "$base/api/v1/remote/mirror/$f" cache "$WWW/$f"); then ok=1; break; fi
+            sleep 0.1
+        done
+        [[ -n $ok ]] || die "no cache hit: $msg (log: $logfile)"
+    done
+}
+
 for f in small.bin large.bin; do
     check "http://127.0.0.1:$NGINX_PORT/$f" "" "$WWW/$f" >&2 || die "nginx check failed"
-    check "$API/api/v1/remote/files/$f" local "$WWW/$f" >&2 || die "local check failed"
-    # The first GET fills the cache from nginx; the fill commits once the
-    # body is through, so the next GET may need a moment to see it.
-    check "$API/api/v1/remote/mirror/$f" "" "$WWW/$f" >&2 || die "remote fill failed"
-    ok=
-    for _ in $(seq 1 50); do
-        if msg=$(check "$API/api/v1/remote/mirror/$f" cache "$WWW/$f"); then ok=1; break; fi
-        sleep 0.1
-    done
-    [[ -n $ok ]] || die "no cache hit: $msg (log: $WORK/artifactapi.log)"
 done
+check_files "$API" "$WORK/artifactapi.log"
 log "all GETs answer 200 with the expected x-artifact-source and bytes"
 
 # Index documents: key|label|path|Accept|gzip. Each is fetched until it is a
@@ -375,15 +383,8 @@ if [[ ${BENCH_SKIP_SHARED:-0} != 1 ]]; then
     for f in small.bin large.bin; do
         curl -fsS -o /dev/null -X PUT --data-binary "@$WWW/$f" "$SHARED/api/v1/remote/files/$f" ||
             die "upload of $f to the shared backends failed (log: $WORK/replica1.log)"
-        check "$SHARED/api/v1/remote/files/$f" local "$WWW/$f" >&2 || die "shared local check failed"
-        check "$SHARED/api/v1/remote/mirror/$f" "" "$WWW/$f" >&2 || die "shared remote fill failed"
-        ok=
-        for _ in $(seq 1 50); do
-            if msg=$(check "$SHARED/api/v1/remote/mirror/$f" cache "$WWW/$f"); then ok=1; break; fi
-            sleep 0.1
-        done
-        [[ -n $ok ]] || die "no cache hit on the shared backends: $msg"
     done
+    check_files "$SHARED" "$WORK/replica1.log"
     for size in 4k 1m; do
         case $size in
             4k) f=small.bin name="4 KiB" ;;

@@ -133,13 +133,7 @@ impl Db {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to PostgreSQL at {}:{}",
-                    options.get_host(),
-                    options.get_port()
-                )
-            })?;
+            .with_context(|| unreachable(&options))?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
@@ -193,6 +187,14 @@ impl Db {
     }
 }
 
+fn unreachable(options: &PgConnectOptions) -> String {
+    format!(
+        "cannot connect to PostgreSQL at {}:{}",
+        options.get_host(),
+        options.get_port()
+    )
+}
+
 /// Creates the configured database when the server has none of that name
 /// (a replica started against a fresh server); another replica creating it
 /// at the same moment is fine.
@@ -206,13 +208,7 @@ async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
         .database("postgres")
         .connect()
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to PostgreSQL at {}:{}",
-                options.get_host(),
-                options.get_port()
-            )
-        })?;
+        .with_context(|| unreachable(options))?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)

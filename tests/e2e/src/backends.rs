@@ -6,6 +6,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use artifactapi::storage::backends::{Backends, ObjectStoreConfig, S3Config};
@@ -20,13 +21,22 @@ pub const S3_ACCESS_KEY: &str = "artifactapi-test";
 /// The credentials the S3 server checks.
 pub const S3_SECRET_KEY: &str = "artifactapi-test-secret";
 
-/// A loopback port nothing listens on now.
+/// A loopback port nothing listens on now, for a server about to start.
+///
+/// Ports come from a range below the kernel's ephemeral ones, each handed
+/// out once per process: two servers starting at once in concurrent tests
+/// never get the same port (a port the kernel picks for `:0` is free only
+/// until someone else binds it), nor one an outgoing connection holds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 100) as u16 * 100;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 10000;
+        let port = 20000 + (base - 20000 + offset) % 10000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts connections on `port`.

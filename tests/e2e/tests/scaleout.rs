@@ -96,6 +96,23 @@ async fn fetch(url: &str) -> (u16, String, Vec<u8>) {
     (status, source, response.bytes().await.unwrap().to_vec())
 }
 
+/// Starts a blob upload to image `image` of `docker-local` on `replica`
+/// and returns its path (with query) for any replica.
+async fn start_upload(replica: &Replica, image: &str) -> String {
+    let started = client()
+        .post(replica.url(&format!("/v2/docker-local/{image}/blobs/uploads/")))
+        .basic_auth("ci", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let location = header(started.headers(), "location");
+    location
+        .strip_prefix(&format!("http://{}", replica.host()))
+        .unwrap_or(&location)
+        .to_string()
+}
+
 /// GETs `url` and returns the time to the first body byte, and the body's
 /// sha256 and length.
 async fn timed_fetch(url: String) -> (Duration, String, usize) {
@@ -155,18 +172,7 @@ async fn three_replicas_on_shared_backends_serve_as_one() {
     let blob: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i| (i % 253) as u8).collect();
     let digest = format!("sha256:{}", sha256(&blob));
     let [r0, r1, r2] = [&c.replicas[0], &c.replicas[1], &c.replicas[2]];
-    let started = client
-        .post(r0.url("/v2/docker-local/chunked/blobs/uploads/"))
-        .basic_auth("ci", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status(), 202);
-    let location = header(started.headers(), "location");
-    let path = location
-        .strip_prefix(&format!("http://{}", r0.host()))
-        .unwrap_or(&location)
-        .to_string();
+    let path = start_upload(r0, "chunked").await;
     let chunks: Vec<&[u8]> = blob.chunks(1024 * 1024 + 5).collect();
     let mut offset = 0;
     for (i, chunk) in chunks[..chunks.len() - 1].iter().enumerate() {
@@ -395,18 +401,7 @@ async fn a_replica_killed_mid_fill_and_mid_upload_leaves_nothing_partial_and_oth
     // replica 0.
     let blob: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 241) as u8).collect();
     let digest = format!("sha256:{}", sha256(&blob));
-    let started = client
-        .post(c.replicas[1].url("/v2/docker-local/killed/blobs/uploads/"))
-        .basic_auth("ci", Some(PASSWORD))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(started.status(), 202);
-    let location = header(started.headers(), "location");
-    let upload = location
-        .strip_prefix(&format!("http://{}", c.replicas[1].host()))
-        .unwrap_or(&location)
-        .to_string();
+    let upload = start_upload(&c.replicas[1], "killed").await;
     let slow_chunks: Vec<bytes::Bytes> = blob
         .chunks(256 * 1024)
         .map(bytes::Bytes::copy_from_slice)
