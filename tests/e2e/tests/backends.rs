@@ -12,6 +12,7 @@ use artifactapi::storage::redis::{Redis, RedisCache, RedisLocks};
 use artifactapi::storage::registry::{Referrer, RegistryStore, UploadPart, UploadSession};
 use artifactapi::storage::{DatabaseConfig, MetaStore, ObjectRecord, Origin, SqlMeta};
 use artifactapi_e2e::backends::{Postgres, RedisServer};
+use artifactapi_e2e::eventually;
 use artifactapi_e2e::tools::{run, which};
 use bytes::Bytes;
 use tokio::process::Command;
@@ -294,16 +295,15 @@ async fn a_stopped_postgres_fails_fast_and_is_used_again_when_back() {
         started.elapsed()
     );
     server.resume().await;
-    let mut back = false;
-    for _ in 0..100 {
-        if let Ok(found) = meta.get("files", "a/b.tar.gz").await {
-            assert_eq!(found, Some(sample()));
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = eventually(Duration::from_secs(10), || async {
+        meta.get("files", "a/b.tar.gz").await.is_ok()
+    })
+    .await;
     assert!(back, "the store did not recover once PostgreSQL was back");
+    assert_eq!(
+        meta.get("files", "a/b.tar.gz").await.unwrap(),
+        Some(sample())
+    );
 }
 
 /// The cache suite: set, get, expiry, delete.
@@ -318,8 +318,11 @@ async fn cache_suite(cache: &dyn TtlCache) {
         .unwrap();
     assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"v"[..]));
     assert_eq!(cache.get("missing").await.unwrap(), None);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(cache.get("k").await.unwrap(), None, "the entry expired");
+    let expired = eventually(Duration::from_secs(2), || async {
+        cache.get("k").await.unwrap().is_none()
+    })
+    .await;
+    assert!(expired, "the entry expired");
     cache.delete("long").await.unwrap();
     assert_eq!(cache.get("long").await.unwrap(), None);
 }
@@ -447,14 +450,7 @@ async fn without_redis_the_cache_and_locks_carry_on_in_process_and_use_it_again_
     assert!(redis.problem().is_some(), "the outage is reported");
 
     server.resume().await;
-    let mut back = false;
-    for _ in 0..50 {
-        if redis.ping().await {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = eventually(Duration::from_secs(5), || redis.ping()).await;
     assert!(back, "Redis was not used again once it was back");
     assert!(redis.problem().is_none());
     assert_eq!(

@@ -2,6 +2,8 @@
 //! one S3 bucket (s3s-fs), behind nginx balancing request by request: they
 //! behave as one server.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use artifactapi_e2e::backends::{files_below, SharedBackends};
@@ -383,6 +385,8 @@ async fn a_replica_killed_mid_fill_and_mid_upload_leaves_nothing_partial_and_oth
         .map(|r| r.url(&format!("/api/v1/remote/files/{path}")))
         .collect();
     let leader_url = urls[0].clone();
+    let received = Arc::new(AtomicUsize::new(0));
+    let leader_received = received.clone();
     let leader = tokio::spawn(async move {
         let response = artifactapi_e2e::client()
             .get(&leader_url)
@@ -391,9 +395,10 @@ async fn a_replica_killed_mid_fill_and_mid_upload_leaves_nothing_partial_and_oth
             .unwrap();
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            if chunk.is_err() {
-                return;
-            }
+            match chunk {
+                Ok(chunk) => leader_received.fetch_add(chunk.len(), Ordering::SeqCst),
+                Err(_) => return,
+            };
         }
     });
 
@@ -406,9 +411,15 @@ async fn a_replica_killed_mid_fill_and_mid_upload_leaves_nothing_partial_and_oth
         .chunks(256 * 1024)
         .map(bytes::Bytes::copy_from_slice)
         .collect();
-    let slow_body = futures::stream::iter(slow_chunks).then(|chunk| async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        Ok::<_, std::io::Error>(chunk)
+    let sent = Arc::new(AtomicUsize::new(0));
+    let body_sent = sent.clone();
+    let slow_body = futures::stream::iter(slow_chunks).then(move |chunk| {
+        let sent = body_sent.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sent.fetch_add(chunk.len(), Ordering::SeqCst);
+            Ok::<_, std::io::Error>(chunk)
+        }
     });
     let patch_url = c.replicas[0].url(&upload);
     let patch = tokio::spawn(async move {
@@ -421,12 +432,13 @@ async fn a_replica_killed_mid_fill_and_mid_upload_leaves_nothing_partial_and_oth
             .await;
     });
 
-    let upstream_started = eventually(Duration::from_secs(10), || async {
-        c.upstream.hits(&path) == 1
+    // Kill the replica once both are well under way.
+    let under_way = eventually(Duration::from_secs(20), || async {
+        received.load(Ordering::SeqCst) >= 4 << 20 && sent.load(Ordering::SeqCst) >= 1 << 20
     })
     .await;
-    assert!(upstream_started);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(under_way, "the fill and the upload did not get going");
+    assert_eq!(c.upstream.hits(&path), 1);
     c.replicas[0].kill().await;
     let _ = leader.await;
     let _ = patch.await;
