@@ -98,7 +98,7 @@ async fn load(cache: &Path, plugins_dir: &Path) -> (Plugins, Duration) {
     let runtime = Runtime::new(cache, Limits::default()).expect("runtime");
     let plugins = Plugins::new(runtime, plugins_dir).expect("plugins");
     let started = Instant::now();
-    plugins.reload().await;
+    plugins.reload(None).await;
     let elapsed = started.elapsed();
     assert!(
         plugins.for_package(PACKAGE).is_some(),

@@ -10,6 +10,7 @@ pub mod gc;
 pub mod manage;
 pub mod plugins;
 pub mod server;
+pub mod signing;
 pub mod stats;
 pub mod storage;
 pub mod upstream_auth;

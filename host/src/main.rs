@@ -88,6 +88,14 @@ struct ServeArgs {
         default_value_t = 1440
     )]
     upload_expiry_minutes: u64,
+    /// Armored OpenPGP private key the server signs with (a local terraform
+    /// repository's SHA256SUMS); unset: a key generated on first start and
+    /// kept in the metadata store, shared by every replica.
+    #[arg(long, env = "TF_SIGNING_KEY_PATH")]
+    signing_key_path: Option<PathBuf>,
+    /// Passphrase of --signing-key-path.
+    #[arg(long, env = "TF_SIGNING_KEY_PASSPHRASE", hide_env_values = true)]
+    signing_key_passphrase: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -145,6 +153,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             instances: args.plugin_instances,
         },
         index_memo_bytes: args.index_memo_mb << 20,
+        signing_key: args.signing_key_path,
+        signing_key_passphrase: args.signing_key_passphrase,
     };
     let running = start(&options).await?;
     let _gc = (args.gc_interval_minutes > 0).then(|| {

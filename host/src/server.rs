@@ -48,16 +48,26 @@ pub struct App {
     pub memos: crate::artifacts::memo::Memos,
     /// The backends the storage was opened on, for `/config`.
     pub backends: crate::storage::Backends,
+    /// The OpenPGP key plugins sign with.
+    pub signer: Arc<crate::signing::Signer>,
 }
 
 impl App {
-    /// Reads the configuration file again; an invalid file is refused and
-    /// the current configuration keeps serving.
-    pub fn reload_config(&self) -> Result<(), String> {
+    /// Reads the configuration file again; an invalid file, or one with
+    /// settings a plugin refuses, is refused and the current configuration
+    /// keeps serving.
+    pub async fn reload_config(&self) -> Result<(), String> {
         let Some(path) = &self.config_path else {
             return Ok(());
         };
-        match Config::load(path) {
+        let loaded = match Config::load(path) {
+            Ok(config) => match self.plugins.validate(&config).await {
+                Ok(()) => Ok(config),
+                Err(e) => Err(format!("{}: {e}", path.display())),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match loaded {
             Ok(config) => {
                 tracing::info!(
                     file = %path.display(),
@@ -68,8 +78,7 @@ impl App {
                 self.config_error.store(Arc::new(None));
                 Ok(())
             }
-            Err(e) => {
-                let message = e.to_string();
+            Err(message) => {
                 tracing::error!(error = %message, "configuration refused; the previous one keeps serving");
                 self.config_error.store(Arc::new(Some(message.clone())));
                 Err(message)
@@ -101,6 +110,7 @@ pub fn app(state: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/config", get(config))
         .route("/api/v2/plugins", get(plugins))
+        .route("/.well-known/{name}", get(well_known))
         .route("/v2/token", any(crate::auth::token))
         .route("/v2", any(registry))
         .route("/v2/", any(registry))
@@ -112,6 +122,23 @@ pub fn app(state: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn(crate::auth::basic_challenge))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A document a plugin serves at the host's root (a registry's service
+/// discovery).
+async fn well_known(
+    State(app): State<Arc<App>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match app.plugins.well_known(&name) {
+        Some(document) => (
+            [(axum::http::header::CONTENT_TYPE, document.content_type)],
+            document.body,
+        )
+            .into_response(),
+        None => AppError::not_found(format!("no loaded plugin serves /.well-known/{name}"))
+            .into_response(),
+    }
 }
 
 async fn artifact(State(app): State<Arc<App>>, request: Request) -> Response {
@@ -234,6 +261,11 @@ pub struct ServeOptions {
     pub limits: crate::plugins::Limits,
     /// Bytes of rendered index documents kept in memory.
     pub index_memo_bytes: u64,
+    /// The operator's armored OpenPGP private key; None: the cluster's
+    /// generated one.
+    pub signing_key: Option<PathBuf>,
+    /// The passphrase of `signing_key`.
+    pub signing_key_passphrase: Option<String>,
 }
 
 /// A running application with its file watches.
@@ -256,7 +288,17 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
     let runtime =
         crate::plugins::Runtime::new(&options.data.join("plugin-cache"), options.limits.clone())?;
     let plugins = Arc::new(Plugins::new(runtime, &options.plugins)?);
-    plugins.reload().await;
+    plugins.reload(None).await;
+    plugins
+        .validate(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("invalid configuration {}: {e}", options.config.display()))?;
+    let signer = crate::signing::Signer::open(
+        &storage.db,
+        options.signing_key.as_deref(),
+        options.signing_key_passphrase.as_deref(),
+    )
+    .await?;
     let app = Arc::new(App {
         config: ArcSwap::from_pointee(config),
         config_path: Some(options.config.clone()),
@@ -272,13 +314,15 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         auth,
         backends: options.backends.clone(),
         memos: crate::artifacts::memo::Memos::new(options.index_memo_bytes),
+        signer: Arc::new(signer),
     });
+    let plugin_app = app.clone();
     let plugin_watch = crate::watch::watch(
         &options.plugins,
         |p| p.extension().is_some_and(|e| e == "wasm"),
         move || {
-            let plugins = plugins.clone();
-            async move { plugins.reload().await }
+            let app = plugin_app.clone();
+            async move { app.plugins.reload(Some(&app.config.load())).await }
         },
     )?;
     let config_dir = options
@@ -294,7 +338,7 @@ pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
         move || {
             let app = reload_app.clone();
             async move {
-                let _ = app.reload_config();
+                let _ = app.reload_config().await;
             }
         },
     )?;

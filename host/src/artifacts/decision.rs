@@ -13,10 +13,10 @@ use crate::config::Repo;
 use crate::error::AppError;
 use crate::plugins::{
     CallFailure, CallScope, Classification, Document, Header, IndexOptions, LoadedPlugin,
-    Mutability, PluginError, Plugins, RepoContext, RepoKind, RequestInfo, Rewritten,
+    Mutability, ObjectInfo, PluginError, Plugins, RepoContext, RequestInfo, Rewritten, Services,
     UpstreamRequest,
 };
-use crate::storage::{Digest, Storage};
+use crate::storage::Digest;
 
 /// Request headers never shown to plugins.
 const PRIVATE_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
@@ -28,6 +28,8 @@ pub(super) struct Decision {
     pub mutable: bool,
     /// An index document the plugin renders for each client.
     pub rewrite: bool,
+    /// A document the plugin makes from a local repository's contents.
+    pub generated: bool,
     /// Stored under its own digest (an OCI blob or digest manifest): its
     /// bytes can never change, whatever kind of repository holds it.
     pub content_addressed: bool,
@@ -53,6 +55,7 @@ impl Decision {
             key,
             mutable: false,
             rewrite: false,
+            generated: false,
             content_addressed: false,
             content_type: None,
             plugin: None,
@@ -88,11 +91,13 @@ pub(super) async fn decide(ctx: &Ctx) -> Result<Decision, AppError> {
                 cache_key,
                 access_name,
                 content_type,
+                generated,
             } = call.classify(&ctx.app.memos.classify).await?;
             Decision {
                 key: cache_key.unwrap_or_else(|| path.clone()),
                 mutable: mutability == Mutability::Mutable,
                 rewrite,
+                generated,
                 content_type,
                 access_name,
                 plugin: Some(call),
@@ -150,8 +155,7 @@ pub(super) struct PluginCall {
     /// The request with only its `Accept` headers.
     pub request: RequestInfo,
     plugins: Arc<Plugins>,
-    storage: Storage,
-    http: reqwest::Client,
+    services: Services,
     /// The repository's configuration, for the scope of a call.
     config: Arc<Repo>,
 }
@@ -161,17 +165,7 @@ impl PluginCall {
         let repo = &ctx.repo;
         PluginCall {
             plugin,
-            repo: RepoContext {
-                name: repo.name.clone(),
-                kind: match repo.kind() {
-                    crate::config::RepoKind::Local => RepoKind::Local,
-                    crate::config::RepoKind::Remote => RepoKind::Remote,
-                    crate::config::RepoKind::Virtual => RepoKind::Virtual,
-                },
-                base_url: repo.base_url.clone().unwrap_or_default(),
-                public_url: ctx.public_url.clone(),
-                settings: repo.settings_json.clone(),
-            },
+            repo: crate::plugins::repo_context(repo, ctx.public_url.clone()),
             request: RequestInfo {
                 method: ctx.method.as_str().to_string(),
                 path: ctx.target.path.clone(),
@@ -179,8 +173,11 @@ impl PluginCall {
                 headers: ctx.headers_named(&[header::ACCEPT.as_str()]),
             },
             plugins: ctx.app.plugins.clone(),
-            storage: ctx.app.storage.clone(),
-            http: ctx.app.plugin_http.clone(),
+            services: Services {
+                storage: ctx.app.storage.clone(),
+                http: ctx.app.plugin_http.clone(),
+                signer: ctx.app.signer.clone(),
+            },
             config: repo.clone(),
         }
     }
@@ -200,7 +197,7 @@ impl PluginCall {
         CallScope {
             plugin: self.plugin.info.name.clone(),
             repo: self.repo.name.clone(),
-            services: Some((self.storage.clone(), self.http.clone())),
+            services: Some(self.services.clone()),
             origins: self.config.origins.clone(),
             repos: self.config.scope_repos.clone(),
             cap: self.plugins.limits().index_size,
@@ -276,6 +273,35 @@ impl PluginCall {
                 self.repo.clone(),
                 self.request.clone(),
                 documents,
+            )
+            .await;
+        self.answer(outcome)
+    }
+
+    /// `generate-document` of a local repository's path.
+    pub async fn generate(&self) -> Result<Document, AppError> {
+        let outcome = self
+            .plugins
+            .generate_document(
+                &self.plugin,
+                self.scope(),
+                self.repo.clone(),
+                self.request.clone(),
+            )
+            .await;
+        self.answer(outcome)
+    }
+
+    /// `check-upload` of a stored upload, before it is recorded.
+    pub async fn check_upload(&self, object: ObjectInfo) -> Result<(), AppError> {
+        let outcome = self
+            .plugins
+            .check_upload(
+                &self.plugin,
+                self.scope(),
+                self.repo.clone(),
+                self.request.clone(),
+                object,
             )
             .await;
         self.answer(outcome)

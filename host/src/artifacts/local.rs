@@ -11,6 +11,7 @@ use super::decision::{decide, Decision};
 use super::outcome::Outcome;
 use super::{index, respond};
 use crate::error::AppError;
+use crate::plugins::ObjectInfo;
 use crate::storage::{Digest, ObjectRecord, Origin};
 use crate::util::now_secs;
 
@@ -20,6 +21,11 @@ const CHECKSUM_HEADER: &str = "x-checksum-sha256";
 /// `GET`/`HEAD`: a stored file, or an index document rendered for the
 /// client.
 pub(super) async fn read(ctx: &Ctx, decision: &Decision) -> Result<Response, AppError> {
+    if let (true, Some(call)) = (decision.generated, &decision.plugin) {
+        let document = call.generate().await?;
+        let rendered = index::finish(document, None).await?;
+        return index::respond(ctx, call, &rendered, Outcome::Local, None);
+    }
     let record = ctx
         .app
         .storage
@@ -100,6 +106,19 @@ pub(super) async fn upload(ctx: &Ctx, body: Body) -> Result<Response, AppError> 
         .and_then(|v| v.to_str().ok())
         .filter(|t| respond::meaningful(t));
     let content_type = respond::content_type_for(path, sent.or(decision.content_type.as_deref()));
+    // A refused upload leaves an unreferenced blob for the garbage
+    // collector; the repository records nothing.
+    if let Some(call) = &decision.plugin {
+        call.check_upload(ObjectInfo {
+            path: decision.key.clone(),
+            digest: digest.to_string(),
+            size,
+            content_type: content_type.clone(),
+            stored_at: now_secs().max(0) as u64,
+            expires_at: None,
+        })
+        .await?;
+    }
     let record = ObjectRecord {
         repo: ctx.repo.name.clone(),
         path: decision.key,

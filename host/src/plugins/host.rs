@@ -1,17 +1,20 @@
-//! The host interfaces plugins import: log, cache, cas, metadata, upstream.
-//! Each call is scoped to the repository it is made for; a plugin reaches
-//! nothing beyond that scope.
+//! The host interfaces plugins import: log, cache, cas, metadata, upstream,
+//! signing. Each call is scoped to the repository it is made for; a plugin
+//! reaches nothing beyond that scope.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 
 use super::bindings::artifactapi::plugin::{
-    cache, cas, log, metadata, store_types, types, upstream,
+    cache, cas, log, metadata, signing, store_types, types, upstream,
 };
 use super::runtime::HostState;
-use crate::storage::{Digest, Storage};
+use crate::signing::Signer;
+use crate::storage::meta::ObjectQuery;
+use crate::storage::{Digest, ObjectRecord, Storage};
 
 /// Largest value a plugin may keep in the cache.
 const CACHE_VALUE_LIMIT: u64 = 1 << 20;
@@ -21,6 +24,19 @@ const CACHE_TTL_LIMIT: u32 = 86_400;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Redirects a plugin's upstream request may follow.
 const MAX_REDIRECTS: usize = 10;
+/// Most objects one `metadata.list` call returns.
+const LIST_LIMIT: u32 = 1000;
+
+/// What the host imports reach besides the plugin's own scope.
+#[derive(Clone)]
+pub struct Services {
+    /// Blobs, metadata and the cache.
+    pub storage: Storage,
+    /// HTTP for upstream requests: a client that follows no redirect.
+    pub http: reqwest::Client,
+    /// The key `signing` signs with.
+    pub signer: Arc<Signer>,
+}
 
 /// What one plugin call may touch.
 pub struct CallScope {
@@ -28,9 +44,9 @@ pub struct CallScope {
     pub plugin: String,
     /// The repository the call is for; empty for `describe`.
     pub repo: String,
-    /// Storage and HTTP (a client that follows no redirect); None while a
-    /// plugin is being checked.
-    pub services: Option<(Storage, reqwest::Client)>,
+    /// Storage, HTTP and the signing key; None while a plugin is being
+    /// checked.
+    pub services: Option<Services>,
     /// Origins the upstream import may reach.
     pub origins: Vec<String>,
     /// Repositories the metadata import may read.
@@ -69,8 +85,19 @@ impl CallScope {
     fn storage(&self) -> Result<&Storage, store_types::StoreError> {
         self.services
             .as_ref()
-            .map(|(storage, _)| storage)
+            .map(|services| &services.storage)
             .ok_or_else(|| store_types::StoreError::Unavailable("no storage while loading".into()))
+    }
+
+    /// Refuses a repository outside the call's scope.
+    fn check_repo(&self, repo: &str) -> Result<(), store_types::StoreError> {
+        if self.repos.iter().any(|r| r == repo) {
+            Ok(())
+        } else {
+            Err(store_types::StoreError::Invalid(format!(
+                "repository {repo:?} is outside this call's scope"
+            )))
+        }
     }
 }
 
@@ -204,6 +231,35 @@ impl cas::Host for HostState {
         .await)
     }
 
+    async fn read_range(
+        &mut self,
+        digest: String,
+        offset: u64,
+        length: u64,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, store_types::StoreError>> {
+        let scope = &self.scope;
+        Ok(async {
+            let digest = Digest::parse(&digest).ok_or_else(|| {
+                store_types::StoreError::Invalid(format!("not a sha256 digest: {digest:?}"))
+            })?;
+            let storage = scope.storage()?;
+            let Some(size) = storage.cas.size(&digest).await.map_err(unavailable)? else {
+                return Ok(None);
+            };
+            if offset >= size {
+                return Ok(Some(Vec::new()));
+            }
+            let length = length.min(scope.cap).min(size - offset);
+            let bytes = storage
+                .cas
+                .read_range(&digest, offset, length)
+                .await
+                .map_err(unavailable)?;
+            Ok(bytes.map(|b| b.to_vec()))
+        }
+        .await)
+    }
+
     async fn write(
         &mut self,
         data: Vec<u8>,
@@ -234,23 +290,86 @@ impl metadata::Host for HostState {
     ) -> wasmtime::Result<Result<Option<metadata::ObjectInfo>, store_types::StoreError>> {
         let scope = &self.scope;
         Ok(async {
-            if !scope.repos.contains(&repo) {
-                return Err(store_types::StoreError::Invalid(format!(
-                    "repository {repo:?} is outside this call's scope"
-                )));
-            }
+            scope.check_repo(&repo)?;
             let storage = scope.storage()?;
             let record = storage.meta.get(&repo, &path).await.map_err(unavailable)?;
-            Ok(record.map(|r| metadata::ObjectInfo {
-                path: r.path,
-                digest: format!("sha256:{}", r.digest),
-                size: r.size,
-                content_type: r.content_type,
-                stored_at: r.stored_at.max(0) as u64,
-                expires_at: r.expires_at.map(|t| t.max(0) as u64),
-            }))
+            Ok(record.map(object_info))
         }
         .await)
+    }
+
+    async fn list_objects(
+        &mut self,
+        repo: String,
+        prefix: String,
+        after: String,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<types::ObjectInfo>, store_types::StoreError>> {
+        let scope = &self.scope;
+        Ok(async {
+            scope.check_repo(&repo)?;
+            let storage = scope.storage()?;
+            let query = ObjectQuery {
+                after: Some(after).filter(|a| !a.is_empty()),
+                prefix: Some(prefix).filter(|p| !p.is_empty()),
+                limit: limit.min(LIST_LIMIT),
+                ..ObjectQuery::default()
+            };
+            let objects = storage
+                .meta
+                .list(&repo, &query)
+                .await
+                .map_err(unavailable)?;
+            Ok(objects.into_iter().map(|o| object_info(o.record)).collect())
+        }
+        .await)
+    }
+}
+
+/// A stored record as plugins see it.
+pub fn object_info(r: ObjectRecord) -> types::ObjectInfo {
+    types::ObjectInfo {
+        path: r.path,
+        digest: format!("sha256:{}", r.digest),
+        size: r.size,
+        content_type: r.content_type,
+        stored_at: r.stored_at.max(0) as u64,
+        expires_at: r.expires_at.map(|t| t.max(0) as u64),
+    }
+}
+
+impl signing::Host for HostState {
+    async fn public_key(
+        &mut self,
+    ) -> wasmtime::Result<Result<signing::SigningKey, store_types::StoreError>> {
+        Ok(self.scope.signer().map(|signer| signing::SigningKey {
+            key_id: signer.key_id().to_string(),
+            armored_public_key: signer.armored_public_key().to_string(),
+        }))
+    }
+
+    async fn sign(
+        &mut self,
+        data: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, store_types::StoreError>> {
+        let scope = &self.scope;
+        Ok((|| {
+            if data.len() as u64 > scope.cap {
+                return Err(store_types::StoreError::TooLarge(scope.cap));
+            }
+            scope.signer()?.sign(&data).map_err(unavailable)
+        })())
+    }
+}
+
+impl CallScope {
+    fn signer(&self) -> Result<&Signer, store_types::StoreError> {
+        self.services
+            .as_ref()
+            .map(|services| services.signer.as_ref())
+            .ok_or_else(|| {
+                store_types::StoreError::Unavailable("no signing key while loading".into())
+            })
     }
 }
 
@@ -284,7 +403,7 @@ async fn fetch_checked(
         FetchError::InvalidRequest(format!("not an http(s) URL: {:?}", request.url))
     })?;
     check_origin(scope, &url, None)?;
-    let Some((_, client)) = &scope.services else {
+    let Some(Services { http: client, .. }) = &scope.services else {
         return Err(FetchError::Unreachable("no network while loading".into()));
     };
     let mut hops = 0;

@@ -1,7 +1,9 @@
 //! Format plugins: loading, hot reload and the calls the request path makes.
 
+pub mod bindings;
 pub mod host;
 pub mod runtime;
+mod v0_1;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,24 +14,35 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-pub use host::CallScope;
+use crate::config::{Config, Repo};
+
+pub use host::{object_info, CallScope, Services};
 pub use runtime::{CallFailure, Limits, Runtime};
 
-/// Host bindings generated from the WIT contract.
-pub mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit/since_v0.1.0",
-        world: "plugin",
-        imports: { default: async | trappable },
-        exports: { default: async },
-    });
-}
+use runtime::Instance;
+use v0_1::Up as _;
 
 pub use bindings::artifactapi::plugin::types::{
-    Classification, Document, Header, IndexOptions, Mutability, PluginError, RepoContext, RepoKind,
-    RequestInfo, Rewritten, UpstreamRequest,
+    Classification, Document, Header, IndexOptions, Mutability, ObjectInfo, PluginError,
+    RepoContext, RepoKind, RequestInfo, Rewritten, UpstreamRequest,
 };
-pub use bindings::exports::artifactapi::plugin::format::PluginInfo;
+pub use bindings::exports::artifactapi::plugin::format::{self, PluginInfo};
+
+/// What plugins are told about a repository; `public_url` is where the
+/// current client reaches it (empty outside a request).
+pub fn repo_context(repo: &Repo, public_url: String) -> RepoContext {
+    RepoContext {
+        name: repo.name.clone(),
+        kind: match repo.kind() {
+            crate::config::RepoKind::Local => RepoKind::Local,
+            crate::config::RepoKind::Remote => RepoKind::Remote,
+            crate::config::RepoKind::Virtual => RepoKind::Virtual,
+        },
+        base_url: repo.base_url.clone().unwrap_or_default(),
+        public_url,
+        settings: repo.settings_json.clone(),
+    }
+}
 
 /// A plugin that loaded and answered `describe`.
 pub struct LoadedPlugin {
@@ -83,6 +96,8 @@ pub struct PluginStatus {
     pub wit_version: Option<&'static str>,
     /// One line for people.
     pub description: Option<String>,
+    /// Environment variables the plugin reads.
+    pub environment: Vec<String>,
     /// Built-in mutable path patterns.
     pub mutable_patterns: Vec<String>,
     /// Built-in immutable path patterns.
@@ -143,14 +158,16 @@ impl Plugins {
     }
 
     /// Scans the folder and loads, swaps or unloads plugins to match it.
-    /// A file that fails to load leaves its previous version serving.
-    pub async fn reload(&self) {
+    /// A file that fails to load leaves its previous version serving, as
+    /// does a new version that refuses the settings of a repository of
+    /// `config` (the serving configuration, on a hot reload).
+    pub async fn reload(&self, config: Option<&Config>) {
         let _guard = self.reload_lock.lock().await;
         let old = self.registry.load_full();
         let mut files = BTreeMap::new();
         for path in wasm_files(&self.dir) {
             let previous = old.files.get(&path).cloned();
-            let state = self.load_file(&path, previous).await;
+            let state = self.load_file(&path, previous, config).await;
             files.insert(path, state);
         }
         for path in old.files.keys().filter(|p| !files.contains_key(*p)) {
@@ -177,7 +194,12 @@ impl Plugins {
         self.registry.store(Arc::new(Registry { files, by_type }));
     }
 
-    async fn load_file(&self, path: &Path, previous: Option<FileState>) -> FileState {
+    async fn load_file(
+        &self,
+        path: &Path,
+        previous: Option<FileState>,
+        config: Option<&Config>,
+    ) -> FileState {
         let bytes = match tokio::fs::read(path).await {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -196,18 +218,32 @@ impl Plugins {
         let runtime = self.runtime.clone();
         let compiled = tokio::task::spawn_blocking(move || runtime.compile(&bytes)).await;
         let loaded = match compiled {
-            Ok(Ok(compiled)) => match self.runtime.describe(&compiled, &file).await {
-                Ok(info) => Ok(Arc::new(LoadedPlugin {
-                    info,
-                    file: path.to_path_buf(),
-                    sha256: compiled.sha256.clone(),
-                    loaded_at: SystemTime::now(),
-                    compiled,
-                })),
+            Ok(Ok(mut compiled)) => match self.runtime.describe(&compiled, &file).await {
+                Ok(info) => {
+                    compiled.environment = info
+                        .environment
+                        .iter()
+                        .filter_map(|name| Some((name.clone(), std::env::var(name).ok()?)))
+                        .collect();
+                    Ok(Arc::new(LoadedPlugin {
+                        info,
+                        file: path.to_path_buf(),
+                        sha256: compiled.sha256.clone(),
+                        loaded_at: SystemTime::now(),
+                        compiled,
+                    }))
+                }
                 Err(e) => Err(format!("{e:#}")),
             },
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(e) => Err(format!("compilation panicked: {e}")),
+        };
+        let loaded = match (loaded, config) {
+            (Ok(plugin), Some(config)) => match self.validate_repos(&plugin, config).await {
+                Ok(()) => Ok(plugin),
+                Err(e) => Err(format!("refuses the serving configuration: {e}")),
+            },
+            (loaded, _) => loaded,
         };
         match loaded {
             Ok(plugin) => {
@@ -241,6 +277,51 @@ impl Plugins {
         }
     }
 
+    /// Checks the settings of every repository of `config` with the plugin
+    /// serving its package type.
+    pub async fn validate(&self, config: &Config) -> Result<(), String> {
+        for plugin in self.registry.load().by_type.values() {
+            self.validate_repos(plugin, config).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks the settings of the repositories of `config` that `plugin`
+    /// serves.
+    async fn validate_repos(&self, plugin: &LoadedPlugin, config: &Config) -> Result<(), String> {
+        let served = config
+            .repos
+            .values()
+            .filter(|repo| repo.package() == plugin.info.package_type);
+        for repo in served {
+            let refused = match self
+                .validate_settings(plugin, repo_context(repo, String::new()))
+                .await
+            {
+                Ok(Ok(())) => continue,
+                Ok(Err(PluginError::InvalidSettings(m))) => m,
+                Ok(Err(other)) => format!("{other:?}"),
+                Err(failure) => failure.to_string(),
+            };
+            return Err(format!(
+                "repository {}: plugin {} refuses its settings: {refused}",
+                repo.name,
+                plugin.label()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The document a loaded plugin serves at `/.well-known/{name}`.
+    pub fn well_known(&self, name: &str) -> Option<format::WellKnown> {
+        let registry = self.registry.load();
+        let mut plugins: Vec<_> = registry.by_type.values().collect();
+        plugins.sort_by(|a, b| a.info.package_type.cmp(&b.info.package_type));
+        plugins
+            .into_iter()
+            .find_map(|p| p.info.well_known.iter().find(|w| w.name == name).cloned())
+    }
+
     /// Every file in the folder with its plugin and last error.
     pub fn status(&self) -> Vec<PluginStatus> {
         let registry = self.registry.load();
@@ -257,7 +338,10 @@ impl Plugins {
                     name: plugin.map(|p| p.info.name.clone()),
                     version: plugin.map(|p| p.info.version.clone()),
                     package_type: plugin.map(|p| p.info.package_type.clone()),
-                    wit_version: plugin.map(|_| runtime::WIT_VERSIONS[0]),
+                    wit_version: plugin.map(|p| p.compiled.wit_version()),
+                    environment: plugin
+                        .map(|p| p.info.environment.clone())
+                        .unwrap_or_default(),
                     description: plugin.map(|p| p.info.description.clone()),
                     mutable_patterns: plugin
                         .map(|p| p.info.mutable_patterns.clone())
@@ -279,6 +363,27 @@ impl Plugins {
             .collect()
     }
 
+    /// `validate-settings` of a repository (0.1 plugins accept any).
+    pub async fn validate_settings(
+        &self,
+        plugin: &LoadedPlugin,
+        repo: RepoContext,
+    ) -> CallResult<()> {
+        self.call(plugin, CallScope::bare(), move |instance, store| {
+            Box::pin(async move {
+                match instance {
+                    Instance::V0_2(p) => {
+                        p.artifactapi_plugin_format()
+                            .call_validate_settings(store, &repo)
+                            .await
+                    }
+                    Instance::V0_1(_) => Ok(Ok(())),
+                }
+            })
+        })
+        .await
+    }
+
     /// `classify` for a request.
     pub async fn classify(
         &self,
@@ -287,20 +392,23 @@ impl Plugins {
         repo: RepoContext,
         request: RequestInfo,
     ) -> CallResult<Classification> {
-        self.runtime
-            .call(
-                &plugin.compiled,
-                &plugin.info.name,
-                scope,
-                move |p, store| {
-                    Box::pin(async move {
+        self.call(plugin, scope, move |instance, store| {
+            Box::pin(async move {
+                match instance {
+                    Instance::V0_2(p) => {
                         p.artifactapi_plugin_format()
                             .call_classify(store, &repo, &request)
                             .await
-                    })
-                },
-            )
-            .await
+                    }
+                    Instance::V0_1(p) => Ok(p
+                        .artifactapi_plugin_format()
+                        .call_classify(store, &v0_1::repo(&repo), &v0_1::request(&request))
+                        .await?
+                        .up()),
+                }
+            })
+        })
+        .await
     }
 
     /// `prepare-upstream` for a request.
@@ -311,20 +419,23 @@ impl Plugins {
         repo: RepoContext,
         request: RequestInfo,
     ) -> CallResult<UpstreamRequest> {
-        self.runtime
-            .call(
-                &plugin.compiled,
-                &plugin.info.name,
-                scope,
-                move |p, store| {
-                    Box::pin(async move {
+        self.call(plugin, scope, move |instance, store| {
+            Box::pin(async move {
+                match instance {
+                    Instance::V0_2(p) => {
                         p.artifactapi_plugin_format()
                             .call_prepare_upstream(store, &repo, &request)
                             .await
-                    })
-                },
-            )
-            .await
+                    }
+                    Instance::V0_1(p) => Ok(p
+                        .artifactapi_plugin_format()
+                        .call_prepare_upstream(store, &v0_1::repo(&repo), &v0_1::request(&request))
+                        .await?
+                        .up()),
+                }
+            })
+        })
+        .await
     }
 
     /// `rewrite-index` for an index document.
@@ -337,20 +448,29 @@ impl Plugins {
         document: Document,
         options: IndexOptions,
     ) -> CallResult<Rewritten> {
-        self.runtime
-            .call(
-                &plugin.compiled,
-                &plugin.info.name,
-                scope,
-                move |p, store| {
-                    Box::pin(async move {
+        self.call(plugin, scope, move |instance, store| {
+            Box::pin(async move {
+                match instance {
+                    Instance::V0_2(p) => {
                         p.artifactapi_plugin_format()
                             .call_rewrite_index(store, &repo, &request, &document, options)
                             .await
-                    })
-                },
-            )
-            .await
+                    }
+                    Instance::V0_1(p) => Ok(p
+                        .artifactapi_plugin_format()
+                        .call_rewrite_index(
+                            store,
+                            &v0_1::repo(&repo),
+                            &v0_1::request(&request),
+                            &v0_1::document(&document),
+                            v0_1::options(options),
+                        )
+                        .await?
+                        .up()),
+                }
+            })
+        })
+        .await
     }
 
     /// `merge-indexes` for a virtual repository.
@@ -362,19 +482,99 @@ impl Plugins {
         request: RequestInfo,
         documents: Vec<Document>,
     ) -> CallResult<Document> {
-        self.runtime
-            .call(
-                &plugin.compiled,
-                &plugin.info.name,
-                scope,
-                move |p, store| {
-                    Box::pin(async move {
+        self.call(plugin, scope, move |instance, store| {
+            Box::pin(async move {
+                match instance {
+                    Instance::V0_2(p) => {
                         p.artifactapi_plugin_format()
                             .call_merge_indexes(store, &repo, &request, &documents)
                             .await
-                    })
-                },
-            )
+                    }
+                    Instance::V0_1(p) => {
+                        let documents: Vec<_> = documents.iter().map(v0_1::document).collect();
+                        Ok(p.artifactapi_plugin_format()
+                            .call_merge_indexes(
+                                store,
+                                &v0_1::repo(&repo),
+                                &v0_1::request(&request),
+                                &documents,
+                            )
+                            .await?
+                            .up())
+                    }
+                }
+            })
+        })
+        .await
+    }
+
+    /// `generate-document` for a path of a local repository (0.1 plugins
+    /// classify nothing as generated).
+    pub async fn generate_document(
+        &self,
+        plugin: &LoadedPlugin,
+        scope: CallScope,
+        repo: RepoContext,
+        request: RequestInfo,
+    ) -> CallResult<Document> {
+        self.call(plugin, scope, move |instance, store| {
+            Box::pin(async move {
+                match instance {
+                    Instance::V0_2(p) => {
+                        p.artifactapi_plugin_format()
+                            .call_generate_document(store, &repo, &request)
+                            .await
+                    }
+                    Instance::V0_1(_) => Ok(Err(PluginError::Unsupported(
+                        "a 0.1.0 plugin generates no documents".into(),
+                    ))),
+                }
+            })
+        })
+        .await
+    }
+
+    /// `check-upload` of a stored upload (0.1 plugins check nothing).
+    pub async fn check_upload(
+        &self,
+        plugin: &LoadedPlugin,
+        scope: CallScope,
+        repo: RepoContext,
+        request: RequestInfo,
+        object: ObjectInfo,
+    ) -> CallResult<()> {
+        self.call(plugin, scope, move |instance, store| {
+            Box::pin(async move {
+                match instance {
+                    Instance::V0_2(p) => {
+                        p.artifactapi_plugin_format()
+                            .call_check_upload(store, &repo, &request, &object)
+                            .await
+                    }
+                    Instance::V0_1(_) => Ok(Ok(())),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn call<R, F>(
+        &self,
+        plugin: &LoadedPlugin,
+        scope: CallScope,
+        f: F,
+    ) -> Result<R, CallFailure>
+    where
+        F: for<'a> FnOnce(
+            &'a Instance,
+            &'a mut wasmtime::Store<runtime::HostState>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        >,
+        R: Send,
+    {
+        self.runtime
+            .call(&plugin.compiled, &plugin.info.name, scope, f)
             .await
     }
 }

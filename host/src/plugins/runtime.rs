@@ -18,11 +18,11 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::exports::artifactapi::plugin::format::PluginInfo;
-use super::bindings::{Plugin, PluginPre};
+use super::bindings::{v0_1, v0_2};
 use super::host::CallScope;
 
-/// The WIT package versions this host accepts.
-pub const WIT_VERSIONS: &[&str] = &["0.1.0"];
+/// The WIT package versions this host accepts, newest first.
+pub const WIT_VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
 
 /// Tick of the epoch clock that enforces deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -101,11 +101,38 @@ impl WasiView for HostState {
     }
 }
 
+/// A compiled, linked plugin ready to instantiate, in the WIT version it
+/// was built against.
+enum Pre {
+    V0_1(v0_1::PluginPre<HostState>),
+    V0_2(v0_2::PluginPre<HostState>),
+}
+
+/// One instance of a plugin, for one call.
+pub enum Instance {
+    /// Built against 0.1.0: called through [`super::v0_1`].
+    V0_1(v0_1::Plugin),
+    /// Built against 0.2.0.
+    V0_2(v0_2::Plugin),
+}
+
 /// A compiled, linked plugin ready to instantiate.
 pub struct Compiled {
-    pre: PluginPre<HostState>,
+    pre: Pre,
     /// The file's sha256, hex.
     pub sha256: String,
+    /// The environment variables (name, value) the plugin's instances see.
+    pub(super) environment: Vec<(String, String)>,
+}
+
+impl Compiled {
+    /// The WIT contract version the component was built against.
+    pub fn wit_version(&self) -> &'static str {
+        match self.pre {
+            Pre::V0_1(_) => "0.1.0",
+            Pre::V0_2(_) => "0.2.0",
+        }
+    }
 }
 
 /// The engine, the linker and the on-disk cache of compiled components.
@@ -145,7 +172,9 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(anyhow::Error::msg)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::msg)?;
-        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+        v0_2::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::msg)?;
+        v0_1::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::msg)?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -190,13 +219,21 @@ impl Runtime {
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("the component does not fit the plugin contract: {e:#}")
         })?;
-        let pre = PluginPre::new(pre).map_err(|e| {
-            anyhow::anyhow!(
-                "the component does not export artifactapi:plugin/format@{}: {e:#}",
-                WIT_VERSIONS.join(" or ")
-            )
-        })?;
-        Ok(Compiled { pre, sha256 })
+        let pre = match v0_2::PluginPre::new(pre.clone()) {
+            Ok(pre) => Pre::V0_2(pre),
+            Err(newest) => match v0_1::PluginPre::new(pre) {
+                Ok(pre) => Pre::V0_1(pre),
+                Err(_) => anyhow::bail!(
+                    "the component does not export artifactapi:plugin/format@{}: {newest:#}",
+                    WIT_VERSIONS.join(" or @")
+                ),
+            },
+        };
+        Ok(Compiled {
+            pre,
+            sha256,
+            environment: Vec::new(),
+        })
     }
 
     fn load_cached(&self, path: &Path) -> Option<Component> {
@@ -243,7 +280,7 @@ impl Runtime {
     ) -> Result<R, CallFailure>
     where
         F: for<'a> FnOnce(
-            &'a Plugin,
+            &'a Instance,
             &'a mut Store<HostState>,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
@@ -259,8 +296,12 @@ impl Runtime {
                 plugin: name.to_string(),
                 reason: e.to_string(),
             })?;
+        let mut wasi = WasiCtx::builder();
+        for (name, value) in &compiled.environment {
+            wasi.env(name, value);
+        }
         let state = HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory)
@@ -280,8 +321,11 @@ impl Runtime {
             }
         });
         let result = async {
-            let plugin = compiled.pre.instantiate_async(&mut store).await?;
-            f(&plugin, &mut store).await
+            let instance = match &compiled.pre {
+                Pre::V0_1(pre) => Instance::V0_1(pre.instantiate_async(&mut store).await?),
+                Pre::V0_2(pre) => Instance::V0_2(pre.instantiate_async(&mut store).await?),
+            };
+            f(&instance, &mut store).await
         }
         .await;
         result.map_err(|e| self.failure(name, e))
@@ -308,12 +352,16 @@ impl Runtime {
     /// Calls `describe` on a freshly compiled plugin and checks the answer.
     pub async fn describe(&self, compiled: &Compiled, file: &str) -> anyhow::Result<PluginInfo> {
         let info = self
-            .call(compiled, file, CallScope::bare(), |plugin, store| {
+            .call(compiled, file, CallScope::bare(), |instance, store| {
                 Box::pin(async move {
-                    plugin
-                        .artifactapi_plugin_format()
-                        .call_describe(store)
-                        .await
+                    match instance {
+                        Instance::V0_2(p) => {
+                            p.artifactapi_plugin_format().call_describe(store).await
+                        }
+                        Instance::V0_1(p) => Ok(super::v0_1::Up::up(
+                            p.artifactapi_plugin_format().call_describe(store).await?,
+                        )),
+                    }
                 })
             })
             .await?;
@@ -340,6 +388,19 @@ fn check_info(info: &PluginInfo) -> anyhow::Result<()> {
     }
     if info.version.is_empty() || info.version.len() > 64 {
         anyhow::bail!("describe returned an invalid version {:?}", info.version);
+    }
+    for name in &info.environment {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            anyhow::bail!("describe names an invalid environment variable {name:?}");
+        }
+    }
+    for document in &info.well_known {
+        if !token(&document.name) {
+            anyhow::bail!(
+                "describe returned an invalid well-known document name {:?}",
+                document.name
+            );
+        }
     }
     for pattern in info.mutable_patterns.iter().chain(&info.immutable_patterns) {
         regex::Regex::new(pattern).map_err(|e| {

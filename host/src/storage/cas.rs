@@ -594,6 +594,25 @@ impl Cas {
         Ok(Some(out.freeze()))
     }
 
+    /// Reads `len` bytes of an object from `offset` into memory (fewer at
+    /// its end); None when absent.
+    pub async fn read_range(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> anyhow::Result<Option<Bytes>> {
+        let Some(body) = self.open(digest, Some(offset..offset + len)).await? else {
+            return Ok(None);
+        };
+        let mut out = BytesMut::with_capacity(len.min(READ_CHUNK as u64) as usize);
+        let mut stream = body.into_stream();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(Some(out.freeze()))
+    }
+
     /// Removes a stored object.
     pub async fn delete(&self, digest: &Digest) -> anyhow::Result<()> {
         self.small.invalidate(digest);

@@ -5,18 +5,12 @@
 //! published. Everything else (`last-updated`, `MIRRORS.txt`, ...) is treated
 //! as mutable so it gets revalidated.
 
-use artifactapi_plugin_sdk::format::{Guest, PluginInfo};
-use artifactapi_plugin_sdk::types::{
-    Classification, Document, IndexOptions, Mutability, PluginError, RepoContext, RequestInfo,
-    Rewritten, UpstreamRequest,
-};
-use artifactapi_plugin_sdk::{direct_upstream_request, file_name};
+use artifactapi_plugin_sdk::prelude::*;
 
 /// The Alpine format plugin.
 pub struct AlpinePlugin;
 
-#[cfg(target_arch = "wasm32")]
-artifactapi_plugin_sdk::export_plugin!(AlpinePlugin);
+artifactapi_plugin_sdk::export!(AlpinePlugin);
 
 /// The verdict on a path below an Alpine repository.
 pub fn classify_path(path: &str) -> Classification {
@@ -29,15 +23,12 @@ pub fn classify_path(path: &str) -> Classification {
         (Mutability::Mutable, None)
     };
     Classification {
-        mutability,
-        rewrite: false,
-        cache_key: None,
-        access_name: None,
         content_type: content_type.map(String::from),
+        ..classification(mutability, false)
     }
 }
 
-impl Guest for AlpinePlugin {
+impl Format for AlpinePlugin {
     fn describe() -> PluginInfo {
         PluginInfo {
             name: "alpine".into(),
@@ -46,39 +37,13 @@ impl Guest for AlpinePlugin {
             description: "Alpine Linux apk repositories: APKINDEX is revalidated, .apk files are cached for good".into(),
             mutable_patterns: vec!["APKINDEX\\.tar\\.gz$".into()],
             immutable_patterns: vec!["\\.apk$".into()],
+            environment: Vec::new(),
+            well_known: Vec::new(),
         }
     }
 
     fn classify(_repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError> {
         Ok(classify_path(&request.path))
-    }
-
-    fn prepare_upstream(
-        repo: RepoContext,
-        request: RequestInfo,
-    ) -> Result<UpstreamRequest, PluginError> {
-        Ok(direct_upstream_request(&repo, &request))
-    }
-
-    fn rewrite_index(
-        _repo: RepoContext,
-        _request: RequestInfo,
-        _document: Document,
-        _options: IndexOptions,
-    ) -> Result<Rewritten, PluginError> {
-        Err(PluginError::Unsupported(
-            "alpine: APKINDEX is signed and served as it is; it is never rewritten".into(),
-        ))
-    }
-
-    fn merge_indexes(
-        _repo: RepoContext,
-        _request: RequestInfo,
-        _documents: Vec<Document>,
-    ) -> Result<Document, PluginError> {
-        Err(PluginError::Unsupported(
-            "alpine: virtual repositories are not supported yet".into(),
-        ))
     }
 }
 

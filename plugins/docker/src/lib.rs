@@ -15,18 +15,17 @@
 //!   official images under `library/` expect. Cache keys and access names
 //!   keep the name the client sent.
 
-use artifactapi_plugin_sdk::format::{Guest, PluginInfo};
 use artifactapi_plugin_sdk::types::{
     Classification, Document, Header, IndexOptions, Mutability, PluginError, RepoContext,
     RequestInfo, Rewritten, UpstreamRequest,
 };
 use artifactapi_plugin_sdk::upstream_url;
+use artifactapi_plugin_sdk::{Format, PluginInfo};
 
 /// The Docker / OCI format plugin.
 pub struct DockerPlugin;
 
-#[cfg(target_arch = "wasm32")]
-artifactapi_plugin_sdk::export_plugin!(DockerPlugin);
+artifactapi_plugin_sdk::export!(DockerPlugin);
 
 /// The manifest media types asked of the upstream, indexes first so that a
 /// multi-platform image is answered with its index.
@@ -289,6 +288,7 @@ pub fn classify_path(path: &str, query: &str) -> Result<Classification, PluginEr
         cache_key: Some(cache_key),
         access_name: Some(image.to_string()),
         content_type: content_type.map(String::from),
+        generated: false,
     })
 }
 
@@ -328,7 +328,7 @@ pub fn upstream_request(
     })
 }
 
-impl Guest for DockerPlugin {
+impl Format for DockerPlugin {
     fn describe() -> PluginInfo {
         PluginInfo {
             name: "docker".into(),
@@ -343,6 +343,8 @@ impl Guest for DockerPlugin {
                 "/manifests/[a-z0-9]+([+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$".into(),
                 "/blobs/[a-z0-9]+([+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$".into(),
             ],
+            environment: Vec::new(),
+            well_known: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Unit tests of the plugin's exports, called natively.
 
-use artifactapi_plugin_sdk::format::Guest as _;
 use artifactapi_plugin_sdk::types::RepoKind;
+use artifactapi_plugin_sdk::Format as _;
 
 use super::*;
 
@@ -70,6 +70,7 @@ fn manifest_by_tag_is_mutable_per_image() {
             cache_key: Some("library/nginx/manifests/latest".into()),
             access_name: Some("library/nginx".into()),
             content_type: None,
+            generated: false,
         }
     );
     for (path, image, tag) in [
@@ -107,6 +108,7 @@ fn manifest_by_digest_is_immutable_and_shared_by_images() {
             cache_key: Some(format!("manifests/{SHA256}")),
             access_name: Some("library/nginx".into()),
             content_type: None,
+            generated: false,
         }
     );
     let other = classify(&format!("myorg/sub/img/manifests/{SHA256}"), "").unwrap();
@@ -128,6 +130,7 @@ fn blob_is_immutable_and_shared_by_images() {
             cache_key: Some(format!("blobs/{SHA256}")),
             access_name: Some("library/nginx".into()),
             content_type: Some("application/octet-stream".into()),
+            generated: false,
         }
     );
     let other = classify(&format!("a/b/c/blobs/{SHA256}"), "").unwrap();
@@ -158,6 +161,7 @@ fn tag_list_is_mutable_and_keyed_by_query() {
             cache_key: Some("library/nginx/tags/list".into()),
             access_name: Some("library/nginx".into()),
             content_type: Some("application/json".into()),
+            generated: false,
         }
     );
     let c = classify("library/nginx/tags/list", "n=10&last=x").unwrap();

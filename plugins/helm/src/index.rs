@@ -12,13 +12,11 @@ use std::collections::{HashMap, HashSet};
 use artifactapi_plugin_sdk::types::{
     Document, IndexOptions, PluginError, Publication, RepoContext, Rewritten,
 };
-use artifactapi_plugin_sdk::upstream_url;
-use percent_encoding::percent_decode_str;
-use url::Url;
 use yaml_rust2::yaml::Hash;
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
-use crate::time::{format_rfc3339, parse_rfc3339};
+use artifactapi_plugin_sdk::links::Links;
+use artifactapi_plugin_sdk::time::{format_rfc3339, parse_rfc3339};
 
 /// The media type of the index documents the plugin returns.
 pub const INDEX_CONTENT_TYPE: &str = "application/x-yaml";
@@ -60,7 +58,8 @@ pub fn rewrite_index(
                 let created = version
                     .get(&keys.created)
                     .and_then(Yaml::as_str)
-                    .and_then(parse_rfc3339);
+                    .and_then(parse_rfc3339)
+                    .map(|t| t.secs);
                 if let Some(Yaml::Array(urls)) = version.get_mut(&keys.urls) {
                     for url in urls.iter_mut() {
                         let Yaml::String(text) = url else {
@@ -209,73 +208,6 @@ fn emit(doc: &Yaml) -> Result<Document, PluginError> {
         content_type: INDEX_CONTENT_TYPE.into(),
         body: text.into_bytes(),
     })
-}
-
-/// Maps chart URLs of one index to URLs through the proxy.
-struct Links {
-    /// The upstream root (`base-url`), ending in `/`.
-    root: Url,
-    /// The upstream URL of the index, which relative URLs are resolved
-    /// against.
-    index: Url,
-    /// `public-url`, without a trailing slash.
-    public: String,
-}
-
-/// A chart URL after rewriting.
-struct Link {
-    /// The URL to list in the index.
-    url: String,
-    /// The file's path below the repository, percent-decoded, when the URL
-    /// leads through the proxy.
-    path: Option<String>,
-}
-
-impl Links {
-    fn new(repo: &RepoContext, path: &str) -> Result<Links, PluginError> {
-        let base = if repo.base_url.is_empty() {
-            &repo.public_url
-        } else {
-            &repo.base_url
-        };
-        let root = Url::parse(&format!("{}/", base.trim_end_matches('/'))).map_err(|e| {
-            PluginError::InvalidSettings(format!("helm: `{base}` is not a base URL: {e}"))
-        })?;
-        let index = Url::parse(&upstream_url(root.as_str(), path, "")).map_err(|e| {
-            PluginError::InvalidRequest(format!("helm: `{path}` makes no index URL: {e}"))
-        })?;
-        Ok(Links {
-            root,
-            index,
-            public: repo.public_url.trim_end_matches('/').to_string(),
-        })
-    }
-
-    /// The new form of a chart URL; none when it stays as it is.
-    fn rewrite(&self, link: &str) -> Option<Link> {
-        let resolved = self.index.join(link.trim()).ok()?;
-        if let Some(rest) = resolved.as_str().strip_prefix(self.root.as_str()) {
-            let file = rest.split(['?', '#']).next().unwrap_or_default();
-            let path = percent_decode_str(file)
-                .decode_utf8()
-                .ok()
-                .map(|p| p.into_owned());
-            return Some(Link {
-                url: format!("{}/{rest}", self.public),
-                path,
-            });
-        }
-        // An absolute URL elsewhere is already right; a relative one would
-        // now resolve against the proxy, so it becomes absolute.
-        if Url::parse(link.trim()).is_ok() {
-            None
-        } else {
-            Some(Link {
-                url: resolved.into(),
-                path: None,
-            })
-        }
-    }
 }
 
 #[cfg(test)]

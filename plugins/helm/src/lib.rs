@@ -13,22 +13,20 @@
 //! versions, the earlier member winning when two list the same version.
 
 mod index;
-mod time;
 
-use artifactapi_plugin_sdk::format::{Guest, PluginInfo};
+use artifactapi_plugin_sdk::file_name;
 use artifactapi_plugin_sdk::types::{
     Classification, Document, IndexOptions, Mutability, PluginError, RepoContext, RequestInfo,
-    Rewritten, UpstreamRequest,
+    Rewritten,
 };
-use artifactapi_plugin_sdk::{direct_upstream_request, file_name};
+use artifactapi_plugin_sdk::{Format, PluginInfo};
 
 pub use index::{merge_indexes, rewrite_index, INDEX_CONTENT_TYPE};
 
 /// The Helm format plugin.
 pub struct HelmPlugin;
 
-#[cfg(target_arch = "wasm32")]
-artifactapi_plugin_sdk::export_plugin!(HelmPlugin);
+artifactapi_plugin_sdk::export!(HelmPlugin);
 
 /// The verdict on a path below a Helm chart repository.
 pub fn classify_path(path: &str) -> Classification {
@@ -52,10 +50,11 @@ pub fn classify_path(path: &str) -> Classification {
         cache_key: None,
         access_name: None,
         content_type: content_type.map(String::from),
+        generated: false,
     }
 }
 
-impl Guest for HelmPlugin {
+impl Format for HelmPlugin {
     fn describe() -> PluginInfo {
         PluginInfo {
             name: "helm".into(),
@@ -64,18 +63,13 @@ impl Guest for HelmPlugin {
             description: "Helm chart repositories: index.yaml is revalidated and its chart URLs lead through the proxy, chart archives are cached for good".into(),
             mutable_patterns: vec!["(^|/)index\\.yaml$".into()],
             immutable_patterns: vec!["\\.tgz$".into(), "\\.tgz\\.prov$".into()],
+            environment: Vec::new(),
+            well_known: Vec::new(),
         }
     }
 
     fn classify(_repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError> {
         Ok(classify_path(&request.path))
-    }
-
-    fn prepare_upstream(
-        repo: RepoContext,
-        request: RequestInfo,
-    ) -> Result<UpstreamRequest, PluginError> {
-        Ok(direct_upstream_request(&repo, &request))
     }
 
     fn rewrite_index(
@@ -93,7 +87,7 @@ impl Guest for HelmPlugin {
         documents: Vec<Document>,
     ) -> Result<Document, PluginError> {
         let bodies: Vec<&[u8]> = documents.iter().map(|d| d.body.as_slice()).collect();
-        merge_indexes(&bodies, time::now())
+        merge_indexes(&bodies, artifactapi_plugin_sdk::time::now())
     }
 }
 

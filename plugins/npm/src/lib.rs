@@ -12,17 +12,16 @@
 
 pub mod packument;
 pub mod path;
-pub mod time;
 
 #[cfg(test)]
 mod tests;
 
-use artifactapi_plugin_sdk::format::{Guest, PluginInfo};
 use artifactapi_plugin_sdk::types::{
     Classification, Document, Header, IndexOptions, Mutability, PluginError, Publication,
     RepoContext, RequestInfo, Rewritten, UpstreamRequest,
 };
 use artifactapi_plugin_sdk::{direct_upstream_request, header};
+use artifactapi_plugin_sdk::{Format, PluginInfo};
 
 use packument::{Form, Links};
 use path::NpmPath;
@@ -35,8 +34,7 @@ pub const ABBREVIATED_TYPE: &str = "application/vnd.npm.install-v1+json";
 /// The npm format plugin.
 pub struct NpmPlugin;
 
-#[cfg(target_arch = "wasm32")]
-artifactapi_plugin_sdk::export_plugin!(NpmPlugin);
+artifactapi_plugin_sdk::export!(NpmPlugin);
 
 /// The verdict on a request below an npm repository.
 pub fn classify_request(request: &RequestInfo) -> Classification {
@@ -59,6 +57,7 @@ pub fn classify_request(request: &RequestInfo) -> Classification {
         cache_key,
         access_name: parsed.package_name().map(String::from),
         content_type: Some(content_type.into()),
+        generated: false,
     }
 }
 
@@ -199,7 +198,7 @@ pub fn merge(request: &RequestInfo, documents: Vec<Document>) -> Result<Document
     }
 }
 
-impl Guest for NpmPlugin {
+impl Format for NpmPlugin {
     fn describe() -> PluginInfo {
         PluginInfo {
             name: "npm".into(),
@@ -212,6 +211,8 @@ impl Guest for NpmPlugin {
                 "^-/".into(),
             ],
             immutable_patterns: vec!["^(@[^/]+/)?[^/]+/-/[^/]+\\.tgz$".into()],
+            environment: Vec::new(),
+            well_known: Vec::new(),
         }
     }
 

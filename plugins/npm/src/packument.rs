@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::path::percent_decode;
-use crate::time::parse_rfc3339;
+use artifactapi_plugin_sdk::time::parse_rfc3339;
 
 /// A JSON object split into its members, in document order, with each value
 /// left as a slice of the input.

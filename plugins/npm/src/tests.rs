@@ -1,7 +1,7 @@
 //! Unit tests of the plugin's exports, called natively.
 
-use artifactapi_plugin_sdk::format::Guest as _;
 use artifactapi_plugin_sdk::types::RepoKind;
+use artifactapi_plugin_sdk::Format as _;
 use serde_json::{json, Value};
 
 use super::*;

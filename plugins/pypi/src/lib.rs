@@ -19,14 +19,13 @@ mod accept;
 mod html;
 mod json;
 mod model;
-mod time;
 
-use artifactapi_plugin_sdk::format::{Guest, PluginInfo};
 use artifactapi_plugin_sdk::types::{
     Classification, Document, Header, IndexOptions, Mutability, PluginError, Publication,
     RepoContext, RequestInfo, Rewritten, UpstreamRequest,
 };
 use artifactapi_plugin_sdk::{direct_upstream_request, header};
+use artifactapi_plugin_sdk::{Format, PluginInfo};
 use url::Url;
 
 use accept::{preferred, Form};
@@ -38,8 +37,7 @@ use model::{
 /// The PyPI format plugin.
 pub struct PypiPlugin;
 
-#[cfg(target_arch = "wasm32")]
-artifactapi_plugin_sdk::export_plugin!(PypiPlugin);
+artifactapi_plugin_sdk::export!(PypiPlugin);
 
 /// What the plugin asks an index for: JSON first, so that one raw page
 /// serves clients of either form.
@@ -99,6 +97,7 @@ pub fn classify_path(path: &str) -> Result<Classification, PluginError> {
             cache_key: Some(key),
             access_name: None,
             content_type: Some("text/html".into()),
+            generated: false,
         },
         // A folder is a listing that changes, not a file.
         None if path.is_empty() || path.ends_with('/') => Classification {
@@ -107,6 +106,7 @@ pub fn classify_path(path: &str) -> Result<Classification, PluginError> {
             cache_key: None,
             access_name: None,
             content_type: None,
+            generated: false,
         },
         None => Classification {
             mutability: Mutability::Immutable,
@@ -114,6 +114,7 @@ pub fn classify_path(path: &str) -> Result<Classification, PluginError> {
             cache_key: None,
             access_name: None,
             content_type: Some(file_content_type(path).into()),
+            generated: false,
         },
     };
     Ok(classification)
@@ -350,7 +351,7 @@ pub fn merge(
     Ok(render(&merged, client_form(request), &repo.public_url))
 }
 
-impl Guest for PypiPlugin {
+impl Format for PypiPlugin {
     fn describe() -> PluginInfo {
         PluginInfo {
             name: "pypi".into(),
@@ -362,6 +363,8 @@ impl Guest for PypiPlugin {
                 .into(),
             mutable_patterns: vec!["^simple/?$".into(), "^simple/[^/]+/?$".into()],
             immutable_patterns: vec!["[^/]$".into()],
+            environment: Vec::new(),
+            well_known: Vec::new(),
         }
     }
 

@@ -9,7 +9,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::time::parse_rfc3339;
+use artifactapi_plugin_sdk::time::{parse_rfc3339, Instant};
 
 /// The list of projects, `simple/`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -218,7 +218,11 @@ impl LinkRewriter {
         for file in &mut page.files {
             let (url, path) = self.rewrite(&file.url);
             file.url = url;
-            let time = file.upload_time.as_deref().and_then(parse_rfc3339);
+            let time = file
+                .upload_time
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .map(Instant::epoch_secs);
             if let (Some(path), Some(time)) = (path, time) {
                 published.push((path, time));
             }
@@ -234,7 +238,7 @@ pub fn hide_published_after(page: &mut ProjectPage, limit: u64) {
         file.upload_time
             .as_deref()
             .and_then(parse_rfc3339)
-            .is_none_or(|time| time <= limit)
+            .is_none_or(|time| !time.is_after(limit))
     });
 }
 

@@ -8,18 +8,12 @@
 //! `.drpm`) never change; anything else (`.treeinfo`, `mirrorlist`,
 //! `RPM-GPG-KEY-*`, ...) is mutable so it gets revalidated.
 
-use artifactapi_plugin_sdk::format::{Guest, PluginInfo};
-use artifactapi_plugin_sdk::types::{
-    Classification, Document, IndexOptions, Mutability, PluginError, RepoContext, RequestInfo,
-    Rewritten, UpstreamRequest,
-};
-use artifactapi_plugin_sdk::{direct_upstream_request, file_name};
+use artifactapi_plugin_sdk::prelude::*;
 
 /// The RPM format plugin.
 pub struct RpmPlugin;
 
-#[cfg(target_arch = "wasm32")]
-artifactapi_plugin_sdk::export_plugin!(RpmPlugin);
+artifactapi_plugin_sdk::export!(RpmPlugin);
 
 /// The shortest checksum prefix taken as a content address (MD5's length).
 const MIN_CHECKSUM_HEX: usize = 32;
@@ -45,6 +39,7 @@ pub fn classify_path(path: &str) -> Classification {
         cache_key: None,
         access_name: None,
         content_type: content_type(name).map(String::from),
+        generated: false,
     }
 }
 
@@ -78,7 +73,7 @@ fn content_type(name: &str) -> Option<&'static str> {
     })
 }
 
-impl Guest for RpmPlugin {
+impl Format for RpmPlugin {
     fn describe() -> PluginInfo {
         PluginInfo {
             name: "rpm".into(),
@@ -90,39 +85,13 @@ impl Guest for RpmPlugin {
                 "(^|/)repodata/[0-9a-fA-F]{32,}-[^/]+$".into(),
                 "\\.d?rpm$".into(),
             ],
+            environment: Vec::new(),
+            well_known: Vec::new(),
         }
     }
 
     fn classify(_repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError> {
         Ok(classify_path(&request.path))
-    }
-
-    fn prepare_upstream(
-        repo: RepoContext,
-        request: RequestInfo,
-    ) -> Result<UpstreamRequest, PluginError> {
-        Ok(direct_upstream_request(&repo, &request))
-    }
-
-    fn rewrite_index(
-        _repo: RepoContext,
-        _request: RequestInfo,
-        _document: Document,
-        _options: IndexOptions,
-    ) -> Result<Rewritten, PluginError> {
-        Err(PluginError::Unsupported(
-            "rpm: repository metadata is served as it is; it is never rewritten".into(),
-        ))
-    }
-
-    fn merge_indexes(
-        _repo: RepoContext,
-        _request: RequestInfo,
-        _documents: Vec<Document>,
-    ) -> Result<Document, PluginError> {
-        Err(PluginError::Unsupported(
-            "rpm: virtual repositories are not supported yet".into(),
-        ))
     }
 }
 

@@ -1,29 +1,45 @@
-//! Guest bindings and small helpers for artifactapi format plugins.
+//! What an artifactapi format plugin is built on.
 //!
-//! The bindings of the `artifactapi:plugin@0.1.0` world are generated here
-//! once. A plugin implements [`format::Guest`] and exports it with
+//! A plugin implements [`Format`]: `describe` and `classify` are required,
+//! everything else has a default that suits a format with nothing to say
+//! there (upstream requests go to `{base-url}/{path}`, documents pass
+//! through unchanged, settings and uploads are accepted). Then it exports
+//! itself:
 //!
 //! ```ignore
-//! struct MyPlugin;
-//! impl artifactapi_plugin_sdk::format::Guest for MyPlugin { /* ... */ }
-//! #[cfg(target_arch = "wasm32")]
-//! artifactapi_plugin_sdk::export_plugin!(MyPlugin);
+//! use artifactapi_plugin_sdk::prelude::*;
+//!
+//! pub struct MyFormat;
+//!
+//! impl Format for MyFormat {
+//!     fn describe() -> PluginInfo { /* ... */ }
+//!     fn classify(repo: RepoContext, request: RequestInfo)
+//!         -> Result<Classification, PluginError> { /* ... */ }
+//! }
+//!
+//! artifactapi_plugin_sdk::export!(MyFormat);
 //! ```
 //!
-//! The `cfg` keeps the component exports out of native builds: their symbol
-//! names (`artifactapi:plugin/format@0.1.0#classify`) cannot be exported from
-//! a native shared library. The rest of the bindings compile natively, where
-//! calling an import panics, so a plugin's pure logic can be unit-tested with
-//! `cargo test`.
+//! `export!` emits the component exports only when building for
+//! `wasm32-wasip2`: their symbol names (`artifactapi:plugin/format@0.2.0#classify`)
+//! cannot be exported from a native library. Everything else compiles
+//! natively, where calling a host import panics, so a plugin's format logic
+//! is unit-tested with a plain `cargo test`.
+//!
+//! The helpers formats share live here once: [`upstream_url`] and
+//! [`direct_upstream_request`], [`header`], [`file_name`], [`time`] (RFC 3339
+//! publish times), [`links`] (leading an upstream document's links back
+//! through the proxy) and [`classification`].
 
-/// The generated bindings; use the re-exports below instead.
+pub mod links;
+pub mod time;
+
+/// The generated bindings of `artifactapi:plugin@0.2.0`; use the
+/// re-exports instead.
 #[doc(hidden)]
 pub mod bindings {
-    // Generates `artifactapi::plugin::*` (the host's imports and the shared
-    // types), `exports::artifactapi::plugin::format` (what a plugin
-    // implements) and the `export_plugin!` macro.
     wit_bindgen::generate!({
-        path: "../../wit/since_v0.1.0",
+        path: "../../wit/since_v0.2.0",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "export_plugin",
@@ -32,13 +48,182 @@ pub mod bindings {
     });
 }
 
-pub use bindings::artifactapi::plugin::{cache, cas, log, metadata, store_types, types, upstream};
+pub use bindings::artifactapi::plugin::{
+    cache, cas, log, metadata, signing, store_types, types, upstream,
+};
+#[doc(hidden)]
 pub use bindings::export_plugin;
-pub use bindings::exports::artifactapi::plugin::format;
+pub use bindings::exports::artifactapi::plugin::format::{self, PluginInfo, WellKnown};
 
 use std::fmt::Write as _;
 
-use types::{Header, RepoContext, RequestInfo, UpstreamRequest};
+use types::{
+    Classification, Document, Header, IndexOptions, Mutability, ObjectInfo, PluginError,
+    RepoContext, RequestInfo, Rewritten, UpstreamRequest,
+};
+
+/// What a plugin author usually needs in scope.
+pub mod prelude {
+    pub use crate::links::{Link, Links};
+    pub use crate::types::{
+        Classification, Document, Header, IndexOptions, Mutability, ObjectInfo, PluginError,
+        Publication, RepoContext, RepoKind, RequestInfo, Rewritten, UpstreamRequest,
+    };
+    pub use crate::{
+        classification, direct_upstream_request, file_name, header, upstream_url, Format,
+        PluginInfo, WellKnown,
+    };
+}
+
+/// A package format: the contract's `format` interface with defaults.
+///
+/// Every function is called on a fresh instance: keep nothing in statics
+/// between calls (use the `cache` import). The host documents each call in
+/// `wit/since_v0.2.0/plugin.wit`.
+pub trait Format {
+    /// Who the plugin is; called once when it loads.
+    fn describe() -> PluginInfo;
+
+    /// Checks a repository's settings when the configuration loads. Default:
+    /// any settings are accepted.
+    fn validate_settings(repo: RepoContext) -> Result<(), PluginError> {
+        let _ = repo;
+        Ok(())
+    }
+
+    /// Classifies a request path; called for every request, keep it cheap.
+    fn classify(repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError>;
+
+    /// The upstream request for a path of a remote repository. Default:
+    /// GET `{base-url}/{path}?{query}` with no headers of the plugin's own.
+    fn prepare_upstream(
+        repo: RepoContext,
+        request: RequestInfo,
+    ) -> Result<UpstreamRequest, PluginError> {
+        Ok(direct_upstream_request(&repo, &request))
+    }
+
+    /// Rewrites an index document for a client. Default: unchanged, no
+    /// publish times.
+    fn rewrite_index(
+        repo: RepoContext,
+        request: RequestInfo,
+        document: Document,
+        options: IndexOptions,
+    ) -> Result<Rewritten, PluginError> {
+        let _ = (repo, request, options);
+        Ok(Rewritten {
+            document,
+            published: Vec::new(),
+        })
+    }
+
+    /// Merges a virtual repository's member documents, earlier members
+    /// first. Default: unsupported (the request fails with 501).
+    fn merge_indexes(
+        repo: RepoContext,
+        request: RequestInfo,
+        documents: Vec<Document>,
+    ) -> Result<Document, PluginError> {
+        let _ = (repo, documents);
+        Err(PluginError::Unsupported(format!(
+            "merging {} of several repositories",
+            request.path
+        )))
+    }
+
+    /// Makes a `generated` document of a local repository. Default: not
+    /// found (a plugin that generates nothing never classifies a path so).
+    fn generate_document(repo: RepoContext, request: RequestInfo) -> Result<Document, PluginError> {
+        Err(PluginError::NotFound(format!(
+            "{} is not in repository {}",
+            request.path, repo.name
+        )))
+    }
+
+    /// Checks an upload to a local repository before it is recorded.
+    /// Default: accepted.
+    fn check_upload(
+        repo: RepoContext,
+        request: RequestInfo,
+        object: ObjectInfo,
+    ) -> Result<(), PluginError> {
+        let _ = (repo, request, object);
+        Ok(())
+    }
+}
+
+impl<T: Format> format::Guest for T {
+    fn describe() -> PluginInfo {
+        T::describe()
+    }
+
+    fn validate_settings(repo: RepoContext) -> Result<(), PluginError> {
+        T::validate_settings(repo)
+    }
+
+    fn classify(repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError> {
+        T::classify(repo, request)
+    }
+
+    fn prepare_upstream(
+        repo: RepoContext,
+        request: RequestInfo,
+    ) -> Result<UpstreamRequest, PluginError> {
+        T::prepare_upstream(repo, request)
+    }
+
+    fn rewrite_index(
+        repo: RepoContext,
+        request: RequestInfo,
+        document: Document,
+        options: IndexOptions,
+    ) -> Result<Rewritten, PluginError> {
+        T::rewrite_index(repo, request, document, options)
+    }
+
+    fn merge_indexes(
+        repo: RepoContext,
+        request: RequestInfo,
+        documents: Vec<Document>,
+    ) -> Result<Document, PluginError> {
+        T::merge_indexes(repo, request, documents)
+    }
+
+    fn generate_document(repo: RepoContext, request: RequestInfo) -> Result<Document, PluginError> {
+        T::generate_document(repo, request)
+    }
+
+    fn check_upload(
+        repo: RepoContext,
+        request: RequestInfo,
+        object: ObjectInfo,
+    ) -> Result<(), PluginError> {
+        T::check_upload(repo, request, object)
+    }
+}
+
+/// Exports a [`Format`] as the component's `format` interface (on
+/// `wasm32` only; see the crate documentation).
+#[macro_export]
+macro_rules! export {
+    ($format:ident) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::export_plugin!($format);
+    };
+}
+
+/// A classification with every optional field empty.
+pub fn classification(mutability: Mutability, rewrite: bool) -> Classification {
+    Classification {
+        mutability,
+        rewrite,
+        cache_key: None,
+        access_name: None,
+        content_type: None,
+        generated: false,
+    }
+}
 
 /// Builds an upstream URL: `base_url` and `path` joined by exactly one `/`,
 /// then `?query` when `query` is not empty.

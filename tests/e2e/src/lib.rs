@@ -344,6 +344,8 @@ impl Server {
                 instances: 16,
             },
             index_memo_bytes: 32 << 20,
+            signing_key: None,
+            signing_key_passphrase: None,
         };
         let running = start(&options).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -438,7 +438,7 @@ async fn a_reload_that_removes_a_user_refuses_their_token() {
         "",
     );
     std::fs::write(server.config_path(), &text).unwrap();
-    server.running.app.reload_config().unwrap();
+    server.running.app.reload_config().await.unwrap();
     let config = server.running.app.config.load();
     assert!(!config.auth.as_ref().unwrap().users.contains_key("ci"));
     assert_eq!(outcome(put()).await, (401, "UNAUTHORIZED".into()));

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use artifactapi::plugins::{CallScope, RepoContext, RepoKind, RequestInfo};
+use artifactapi::plugins::{CallScope, RepoContext, RepoKind, RequestInfo, Services};
 use artifactapi_e2e::{
     client, component, eventually, fixtures_dir, get_json, get_status, header, install,
     plugins_dir, Server, Upstream,
@@ -86,7 +86,18 @@ async fn real_plugins_load_and_classify() {
         .find(|p| p["name"] == "alpine")
         .unwrap();
     assert_eq!(alpine["package_type"], "alpine");
-    assert_eq!(alpine["wit_version"], "0.1.0");
+    assert_eq!(alpine["wit_version"], "0.2.0");
+    let fixture = listing["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "misbehave")
+        .unwrap();
+    assert_eq!(
+        fixture["wit_version"], "0.1.0",
+        "a component built against the frozen 0.1.0 contract serves beside 0.2.0 ones"
+    );
+    assert_eq!(fixture["active"], true);
     assert_eq!(alpine["sha256"].as_str().unwrap().len(), 64);
     assert!(alpine["loaded_at"].as_str().unwrap().ends_with('Z'));
 
@@ -164,7 +175,11 @@ fn scope(server: &Server, upstream: &Upstream) -> CallScope {
     CallScope {
         plugin: "misbehave".into(),
         repo: "fx".into(),
-        services: Some((app.storage.clone(), app.plugin_http.clone())),
+        services: Some(Services {
+            storage: app.storage.clone(),
+            http: app.plugin_http.clone(),
+            signer: app.signer.clone(),
+        }),
         origins: vec![format!("http://127.0.0.1:{}", upstream.addr.port())],
         repos: vec!["fx".into()],
         cap: 1 << 20,
@@ -253,14 +268,14 @@ async fn compiled_components_are_cached_on_disk() {
         .iter()
         .map(|e| e.metadata().unwrap().modified().unwrap())
         .collect();
-    server.running.app.plugins.reload().await;
+    server.running.app.plugins.reload(None).await;
     std::fs::write(server.plugin_dir().join("touch.txt"), "x").unwrap();
     let plugins = artifactapi::plugins::Plugins::new(
         artifactapi::plugins::Runtime::new(&cache, Default::default()).unwrap(),
         &server.plugin_dir(),
     )
     .unwrap();
-    plugins.reload().await;
+    plugins.reload(None).await;
     assert!(plugins.for_package("alpine").is_some());
     let after: Vec<_> = compiled
         .iter()
