@@ -401,7 +401,8 @@ async fn run(job: &FillJob, fill: &Fill) -> Result<ObjectRecord, FillError> {
                 key: &job.record.path,
             }
             .to_string();
-            if let Err(e) = job.storage.cache.set(&key, Bytes::new(), ttl).await {
+            let value = Bytes::from(status.to_string());
+            if let Err(e) = job.storage.cache.set(&key, value, ttl).await {
                 tracing::warn!(error = %e, "cannot remember an upstream 404");
             }
         }

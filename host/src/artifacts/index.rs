@@ -122,6 +122,20 @@ async fn render(
         .await
         .map_err(RenderError::Failed)?;
     quarantine::remember(ctx, &rewritten.published).await;
+    // A document that is itself a publication (one version's metadata)
+    // cannot leave itself out: it is refused while in quarantine.
+    if let Some(cutoff) = cutoff {
+        let own = rewritten
+            .published
+            .iter()
+            .map(|p| (p.path.as_str(), p.published_at as i64))
+            .find(|(path, at)| *path == ctx.target.path && *at > cutoff);
+        if let Some((_, published)) = own {
+            return Err(RenderError::Failed(quarantine::refusal(
+                ctx, published, cutoff,
+            )));
+        }
+    }
     let stale_at = cutoff.and_then(|cutoff| {
         let window = quarantine::window(ctx)?;
         rewritten

@@ -89,9 +89,16 @@ pub(super) async fn check(ctx: &Ctx, last_modified: Option<&str>) -> Result<(), 
     if published <= cutoff {
         return Ok(());
     }
+    Err(refusal(ctx, published, cutoff))
+}
+
+/// The refusal of the requested path, published at `published`, inside
+/// the window that ends at `cutoff`.
+pub(super) fn refusal(ctx: &Ctx, published: i64, cutoff: i64) -> AppError {
+    let path = &ctx.target.path;
     let until = published + (now_secs() - cutoff);
     tracing::warn!(repo = %ctx.repo.name, path = %path, published = %rfc3339_secs(published), "quarantined");
-    Err(AppError::new(
+    AppError::new(
         StatusCode::NOT_FOUND,
         "QUARANTINED",
         format!(
@@ -100,5 +107,5 @@ pub(super) async fn check(ctx: &Ctx, last_modified: Option<&str>) -> Result<(), 
             rfc3339_secs(until),
             ctx.repo.name
         ),
-    ))
+    )
 }

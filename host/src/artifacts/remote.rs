@@ -231,14 +231,20 @@ fn filled(existing: Option<&ObjectRecord>, record: &ObjectRecord) -> Outcome {
     }
 }
 
-/// 404 without asking the upstream when it said 404 for this object lately.
+/// 404 (or 410) without asking the upstream when it said so for this
+/// object lately.
 async fn refuse_if_missing_upstream(ctx: &Ctx, decision: &Decision) -> Result<(), AppError> {
     let key = Key::Negative {
         repo: &ctx.repo.name,
         key: &decision.key,
     };
-    if ctx.app.storage.cache.get(&key.to_string()).await?.is_some() {
-        return Err(upstream_error(ctx, &FillError::Status(404)).with_outcome(Outcome::Negative));
+    if let Some(remembered) = ctx.app.storage.cache.get(&key.to_string()).await? {
+        // The value is the status the upstream gave (404 or 410).
+        let status = std::str::from_utf8(&remembered)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(404);
+        return Err(upstream_error(ctx, &FillError::Status(status)).with_outcome(Outcome::Negative));
     }
     Ok(())
 }
@@ -413,9 +419,15 @@ fn upstream_error(ctx: &Ctx, error: &FillError) -> AppError {
     let repo = &ctx.repo.name;
     let path = &ctx.target.path;
     match error {
-        FillError::Status(404 | 410) => AppError::not_found(format!(
+        FillError::Status(404) => AppError::not_found(format!(
             "{path} was not found upstream of repository {repo}"
         )),
+        // Kept apart from 404: clients such as go tell them apart.
+        FillError::Status(410) => AppError::new(
+            StatusCode::GONE,
+            "GONE",
+            format!("{path} is gone from the upstream of repository {repo}"),
+        ),
         FillError::Status(status) => AppError::new(
             StatusCode::BAD_GATEWAY,
             "UPSTREAM_ERROR",

@@ -40,7 +40,12 @@ pub(super) async fn read(ctx: &Ctx, decision: &Decision) -> Result<Response, App
         };
         match answer {
             Ok(response) => return Ok(response),
-            Err(e) if matches!(e.status, StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) => {
+            Err(e)
+                if matches!(
+                    e.status,
+                    StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::FORBIDDEN
+                ) =>
+            {
                 last = e;
             }
             Err(e) => return Err(e),
@@ -49,12 +54,63 @@ pub(super) async fn read(ctx: &Ctx, decision: &Decision) -> Result<Response, App
     Err(last)
 }
 
-/// One member's index document, as stored.
+/// One member's index document.
 struct MemberIndex {
     ctx: Ctx,
     call: PluginCall,
-    record: ObjectRecord,
-    outcome: Outcome,
+    document: MemberDocument,
+}
+
+/// Where a member's index document comes from.
+enum MemberDocument {
+    /// A stored document (cached or uploaded), rendered for the virtual
+    /// repository.
+    Stored {
+        record: ObjectRecord,
+        outcome: Outcome,
+    },
+    /// A document the plugin generated from a local member's contents.
+    Generated(Arc<Rendered>),
+}
+
+impl MemberIndex {
+    fn outcome(&self) -> Outcome {
+        match &self.document {
+            MemberDocument::Stored { outcome, .. } => *outcome,
+            MemberDocument::Generated(_) => Outcome::Local,
+        }
+    }
+
+    /// When the member's copy stops being fresh; None: now.
+    fn expires_at(&self) -> Option<i64> {
+        match &self.document {
+            MemberDocument::Stored { record, .. } => record.expires_at,
+            MemberDocument::Generated(_) => None,
+        }
+    }
+
+    /// The key of the member's rendering, part of the merged one's.
+    fn key(&self) -> Vec<u8> {
+        match &self.document {
+            MemberDocument::Stored { record, .. } => {
+                index::render_key(&self.ctx, &self.call, &record.digest)
+                    .as_bytes()
+                    .to_vec()
+            }
+            MemberDocument::Generated(rendered) => rendered.etag.as_bytes().to_vec(),
+        }
+    }
+
+    /// The member's document rendered for the virtual repository; None
+    /// when its stored blob went missing.
+    async fn rendered(&self) -> Result<Option<Arc<Rendered>>, AppError> {
+        match &self.document {
+            MemberDocument::Stored { record, .. } => {
+                index::rendered(&self.ctx, &self.call, record).await
+            }
+            MemberDocument::Generated(rendered) => Ok(Some(rendered.clone())),
+        }
+    }
 }
 
 /// A virtual repository's index: each member's document rewritten for the
@@ -83,7 +139,10 @@ async fn merged(ctx: &Ctx, call: &PluginCall) -> Result<Response, AppError> {
             Ok(Some(member)) => found.push(member),
             Ok(None) => {}
             Err(e) => {
-                if !matches!(e.status, StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) {
+                if !matches!(
+                    e.status,
+                    StatusCode::NOT_FOUND | StatusCode::GONE | StatusCode::FORBIDDEN
+                ) {
                     tracing::warn!(
                         repo = %ctx.repo.name,
                         member = %name,
@@ -104,21 +163,20 @@ async fn merged(ctx: &Ctx, call: &PluginCall) -> Result<Response, AppError> {
             ))
         }));
     }
-    let outcome = if found.iter().any(|m| m.outcome == Outcome::Miss) {
+    let outcome = if found.iter().any(|m| m.outcome() == Outcome::Miss) {
         Outcome::Miss
-    } else if found.iter().any(|m| m.outcome == Outcome::Stale) {
+    } else if found.iter().any(|m| m.outcome() == Outcome::Stale) {
         Outcome::Stale
     } else {
         Outcome::Hit
     };
     let fresh_until = found
         .iter()
-        .map(|m| m.record.expires_at)
+        .map(MemberIndex::expires_at)
         .try_fold(i64::MAX, |soonest, at| at.map(|at| soonest.min(at)));
     let mut key = call.memo_key("merge");
     for member in &found {
-        let member_key = index::render_key(&member.ctx, &member.call, &member.record.digest);
-        key.field(member_key.as_bytes());
+        key.field(member.key());
     }
     let key = key.finish();
     let rendered = match index::memoised(ctx, &key).await {
@@ -135,9 +193,7 @@ async fn merge(
     members: &[MemberIndex],
     key: MemoKey,
 ) -> Result<Arc<Rendered>, AppError> {
-    let renderings = members
-        .iter()
-        .map(|m| index::rendered(&m.ctx, &m.call, &m.record));
+    let renderings = members.iter().map(MemberIndex::rendered);
     let mut documents = Vec::new();
     let mut stale_at: Option<i64> = None;
     for rendering in futures::future::join_all(renderings).await {
@@ -169,13 +225,26 @@ async fn merge(
     Ok(rendered)
 }
 
-/// A member's stored index document, filled first if need be; None when
-/// the member does not take the path as an index.
+/// A member's index document: stored (filled first if need be) or
+/// generated; None when the member does not take the path as an index.
 async fn member_index(ctx: Ctx) -> Result<Option<MemberIndex>, AppError> {
     let decision = decide(&ctx).await?;
-    let Some(call) = decision.plugin.clone().filter(|_| decision.rewrite) else {
+    let generated = decision.generated && ctx.repo.kind() == RepoKind::Local;
+    let Some(call) = decision
+        .plugin
+        .clone()
+        .filter(|_| decision.rewrite || generated)
+    else {
         return Ok(None);
     };
+    if generated {
+        let rendered = index::finish(call.generate().await?, None).await?;
+        return Ok(Some(MemberIndex {
+            ctx,
+            call,
+            document: MemberDocument::Generated(rendered),
+        }));
+    }
     let (record, outcome) = match ctx.repo.kind() {
         RepoKind::Remote => remote::stored(&ctx, &decision, false).await?,
         _ => {
@@ -194,7 +263,6 @@ async fn member_index(ctx: Ctx) -> Result<Option<MemberIndex>, AppError> {
     Ok(Some(MemberIndex {
         ctx,
         call,
-        record,
-        outcome,
+        document: MemberDocument::Stored { record, outcome },
     }))
 }
