@@ -13,6 +13,7 @@ pub mod server;
 pub mod signing;
 pub mod stats;
 pub mod storage;
+pub mod tls;
 pub mod upstream_auth;
 pub mod util;
 pub mod watch;

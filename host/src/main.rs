@@ -11,6 +11,7 @@ use artifactapi::gc::{collect, schedule, GcOptions};
 use artifactapi::plugins::Limits;
 use artifactapi::server::{app, start, ServeOptions};
 use artifactapi::storage::{BackendArgs, DatabaseConfig, Storage};
+use artifactapi::tls::{Certificates, TlsListener};
 
 /// A caching proxy and package repository server with WebAssembly format plugins.
 #[derive(Parser)]
@@ -34,7 +35,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the repositories of a remotes.yaml (log level: RUST_LOG, default info).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Remove blobs no metadata record references, and spool files a crash
     /// left behind; safe while a server runs on the same data folder.
     Gc(GcArgs),
@@ -48,6 +49,13 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "ARTIFACTAPI_LISTEN", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
+    /// PEM certificate chain (leaf first): listen with TLS. Picked up again
+    /// when the file changes.
+    #[arg(long, env = "ARTIFACTAPI_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ARTIFACTAPI_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Folder for what each process keeps: the embedded backends' files
     /// (blobs, metadata.db), the spool of writes in progress, the plugin
     /// compile cache.
@@ -165,15 +173,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             minutes(args.upload_expiry_minutes),
         )
     });
-    // Small responses go out at once rather than waiting on the client's
-    // delayed ACK.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await?
-        .tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
     if !args.listen.ip().is_loopback() && !artifactapi::auth::enabled(&running.app.config.load()) {
         tracing::warn!(
             listen = %args.listen,
@@ -187,11 +187,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database = %options.backends.database.redacted(),
         plugins = %options.plugins.display(),
         gc_interval_minutes = args.gc_interval_minutes,
+        tls = args.tls_cert.is_some(),
         "artifactapi serving"
     );
-    axum::serve(listener, app(running.app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let router = app(running.app.clone());
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certificates = Certificates::load(cert, key)?;
+            let _watchers = certificates.watch()?;
+            let listener = TlsListener::new(listener, certificates.server_config()?, no_delay)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
+        _ => {
+            axum::serve(listener.tap_io(|tcp| no_delay(tcp)), router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+        }
+    }
     if let Err(e) = running.app.storage.meta.flush_hits().await {
         tracing::warn!(error = %format!("{e:#}"), "cannot record the last hits");
     }
@@ -200,6 +214,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Small responses go out at once rather than waiting on the client's
+/// delayed ACK.
+fn no_delay(tcp: &tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+    }
 }
 
 async fn gc(args: GcArgs) -> anyhow::Result<()> {
@@ -245,7 +267,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Gc(args) => gc(args).await,
     }
 }

@@ -35,11 +35,31 @@ impl Replica {
     /// Starts a replica serving `remotes` on `shared`, with `env` added to
     /// its environment, and waits until it answers.
     pub async fn start(remotes: &str, shared: &SharedBackends, env: &[(&str, &str)]) -> Replica {
+        let (flags, backend_env) = shared.flags();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend(
+            backend_env
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        Replica::spawn(remotes, &flags, &env).await
+    }
+
+    /// Starts a server process on its own embedded backends, with `args`
+    /// added to `serve`'s, and waits until it listens.
+    pub async fn start_embedded(remotes: &str, args: &[&str]) -> Replica {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Replica::spawn(remotes, &args, &[]).await
+    }
+
+    async fn spawn(remotes: &str, flags: &[String], env: &[(String, String)]) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("remotes.yaml");
         std::fs::write(&config, remotes).unwrap();
         let port = free_port();
-        let (flags, backend_env) = shared.flags();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(server_binary())
             .arg("serve")
@@ -52,12 +72,11 @@ impl Replica {
             .arg("--plugins")
             .arg(crate::plugins_dir())
             .args(["--gc-interval-minutes", "0"])
-            .args(&flags)
-            .envs(backend_env)
-            .envs(env.iter().copied())
+            .args(flags)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info,artifactapi=debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
@@ -71,13 +90,12 @@ impl Replica {
         replica
     }
 
+    /// Waits until the process logs that it serves (it has bound its
+    /// port by then), over plain HTTP or TLS alike.
     async fn wait_ready(&self) {
-        let client = crate::client();
         for _ in 0..300 {
-            if let Ok(response) = client.get(self.url("/health")).send().await {
-                if response.status().is_success() {
-                    return;
-                }
+            if self.log().contains("artifactapi serving") {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

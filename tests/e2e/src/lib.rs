@@ -4,6 +4,7 @@
 pub mod backends;
 pub mod cluster;
 pub mod oci;
+pub mod tls;
 pub mod tools;
 
 use std::collections::HashMap;
