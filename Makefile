@@ -2,7 +2,7 @@
 
 CARGO       ?= cargo
 WASM_TARGET := wasm32-wasip2
-PLUGINS     := alpine rpm pypi npm helm docker goproxy puppet template
+PLUGINS     := alpine rpm pypi npm helm docker goproxy puppet terraform template
 WASM_OUT    := target/$(WASM_TARGET)/plugin
 PLUGIN_DIR  := target/plugins
 FIXTURE_DIR := target/test-plugins

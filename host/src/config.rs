@@ -221,7 +221,11 @@ fn upstream_origins(base_url: Option<&str>, entry: &RepoEntry) -> Vec<String> {
     let mut origins = Vec::new();
     origins.extend(base_url.and_then(origin_of));
     for value in entry.settings.values() {
-        if let Some(text) = value.as_str() {
+        let listed = value.as_array().into_iter().flatten();
+        for text in std::iter::once(value)
+            .chain(listed)
+            .filter_map(|v| v.as_str())
+        {
             origins.extend(origin_of(text));
         }
     }

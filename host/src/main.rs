@@ -196,6 +196,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let certificates = Certificates::load(cert, key)?;
             let _watchers = certificates.watch()?;
             let listener = TlsListener::new(listener, certificates.server_config()?, no_delay)?;
+            // Links in documents lead back over https unless a proxy in
+            // front says otherwise.
+            let router = router.layer(axum::middleware::map_request(
+                |mut request: axum::extract::Request| async move {
+                    request
+                        .headers_mut()
+                        .entry("x-forwarded-proto")
+                        .or_insert(axum::http::HeaderValue::from_static("https"));
+                    request
+                },
+            ));
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;

@@ -69,6 +69,14 @@ impl Signer {
         Signer::new(key, password)
     }
 
+    /// A fresh key of its own, shared with nobody (a one-off signer, such
+    /// as a test's stand-in for an upstream registry).
+    pub fn fresh() -> anyhow::Result<Signer> {
+        let key = SignedSecretKey::from_bytes(generate()?.as_slice())
+            .context("reading a generated key")?;
+        Signer::new(key, Password::empty())
+    }
+
     fn new(key: SignedSecretKey, password: Password) -> anyhow::Result<Signer> {
         let subkey = key
             .secret_subkeys
@@ -157,9 +165,7 @@ mod tests {
 
     #[test]
     fn generated_key_signs_verifiably() {
-        let bytes = generate().unwrap();
-        let key = SignedSecretKey::from_bytes(bytes.as_slice()).unwrap();
-        let signer = Signer::new(key, Password::empty()).unwrap();
+        let signer = Signer::fresh().unwrap();
         assert_eq!(signer.key_id().len(), 16);
         let signature = signer.sign(b"abc  file.zip\n").unwrap();
         let (public, _) =
