@@ -55,6 +55,10 @@ pub enum Principal {
     User(String),
 }
 
+/// The query parameters of a presigned link.
+const EXPIRES_PARAM: &str = "artifactapi-expires";
+const SIGNATURE_PARAM: &str = "artifactapi-signature";
+
 /// Checks credentials and issues and verifies tokens.
 pub struct Authenticator {
     /// The signing key, ready to be cloned for each signature.
@@ -126,6 +130,46 @@ impl Authenticator {
             }
             Some(Credentials::Bearer(token)) => self.verify(auth, &token, now_secs()),
         }
+    }
+
+    /// The query string (`artifactapi-expires=…&artifactapi-signature=…`)
+    /// that lets anyone read `path` of repository `repo` until `expires`
+    /// (seconds since the epoch) without credentials: links in documents
+    /// for clients that send their credentials only to some requests
+    /// (terraform fetches archives without its token).
+    pub fn presign(&self, repo: &str, path: &str, expires: i64) -> String {
+        let signature =
+            URL_SAFE_NO_PAD.encode(self.link_mac(repo, path, expires).finalize().into_bytes());
+        format!("{EXPIRES_PARAM}={expires}&{SIGNATURE_PARAM}={signature}")
+    }
+
+    /// Whether `query` carries a presigned link to `path` of `repo` that
+    /// has not expired; the query without those parameters.
+    pub fn presigned(&self, repo: &str, path: &str, query: &str, now: i64) -> (bool, String) {
+        let mut expires = None;
+        let mut signature = None;
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((EXPIRES_PARAM, value)) => expires = value.parse::<i64>().ok(),
+                Some((SIGNATURE_PARAM, value)) => signature = URL_SAFE_NO_PAD.decode(value).ok(),
+                _ => rest.push(pair),
+            }
+        }
+        let valid = match (expires, signature) {
+            (Some(expires), Some(signature)) if expires > now => self
+                .link_mac(repo, path, expires)
+                .verify_slice(&signature)
+                .is_ok(),
+            _ => false,
+        };
+        (valid, rest.join("&"))
+    }
+
+    fn link_mac(&self, repo: &str, path: &str, expires: i64) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(format!("presigned link\n{repo}\n{path}\n{expires}").as_bytes());
+        mac
     }
 
     /// A token for `principal` valid until `now + TOKEN_TTL_SECS`.
@@ -444,6 +488,37 @@ fn token_response(body: serde_json::Value) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presigned_links_open_one_path_until_they_expire() {
+        let auth = Authenticator::with_key(&[7u8; KEY_LEN]);
+        let query = auth.presign("tf", "tf/w/x.zip", 1_000);
+        assert_eq!(
+            auth.presigned("tf", "tf/w/x.zip", &format!("a=1&{query}"), 999),
+            (true, "a=1".to_string())
+        );
+        assert!(
+            !auth.presigned("tf", "tf/w/x.zip", &query, 1_000).0,
+            "expired"
+        );
+        assert!(
+            !auth.presigned("tf", "tf/w/y.zip", &query, 999).0,
+            "another path"
+        );
+        assert!(
+            !auth.presigned("other", "tf/w/x.zip", &query, 999).0,
+            "another repository"
+        );
+        let later = query.replace("1000", "2000");
+        assert!(
+            !auth.presigned("tf", "tf/w/x.zip", &later, 999).0,
+            "a changed expiry"
+        );
+        assert_eq!(
+            auth.presigned("tf", "p", "a=1", 0),
+            (false, "a=1".to_string())
+        );
+    }
 
     fn config(extra_user: &str) -> Config {
         std::env::set_var("ARTIFACTAPI_TEST_AUTH_CI", "ci-password");

@@ -43,7 +43,7 @@ pub struct App {
     /// Tokens and challenges of upstreams that authenticate.
     pub upstream_auth: Arc<crate::upstream_auth::UpstreamAuth>,
     /// Checks credentials; signs and verifies tokens.
-    pub auth: crate::auth::Authenticator,
+    pub auth: Arc<crate::auth::Authenticator>,
     /// Memoised plugin answers: classifications and rendered indexes.
     pub memos: crate::artifacts::memo::Memos,
     /// The backends the storage was opened on, for `/config`.
@@ -280,7 +280,7 @@ pub struct Running {
 pub async fn start(options: &ServeOptions) -> anyhow::Result<Running> {
     let config = Config::load(&options.config)?;
     let storage = Storage::open(&options.backends, &options.data).await?;
-    let auth = crate::auth::Authenticator::shared(&storage.db, &options.data).await?;
+    let auth = Arc::new(crate::auth::Authenticator::shared(&storage.db, &options.data).await?);
     let stats = match &storage.redis {
         Some(redis) => Stats::shared(redis.clone()),
         None => Arc::new(Stats::default()),

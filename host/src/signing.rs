@@ -174,4 +174,41 @@ mod tests {
         parsed.verify(&public, b"abc  file.zip\n").unwrap();
         assert!(parsed.verify(&public, b"tampered").is_err());
     }
+
+    #[tokio::test]
+    async fn an_operators_armored_key_is_used_and_a_generated_one_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = crate::storage::meta::SqlMeta::sqlite(&dir.path().join("m.db"))
+            .await
+            .unwrap();
+        let db = meta.database();
+        let generated = Signer::open(db, None, None).await.unwrap();
+        let again = Signer::open(db, None, None).await.unwrap();
+        assert_eq!(
+            generated.key_id(),
+            again.key_id(),
+            "kept in the metadata store"
+        );
+
+        let operator = SignedSecretKey::from_bytes(generate().unwrap().as_slice()).unwrap();
+        let armored = dir.path().join("key.asc");
+        std::fs::write(
+            &armored,
+            operator.to_armored_string(Default::default()).unwrap(),
+        )
+        .unwrap();
+        let chosen = Signer::open(db, Some(&armored), None).await.unwrap();
+        assert_ne!(chosen.key_id(), generated.key_id());
+        assert_eq!(
+            chosen.key_id(),
+            operator
+                .primary_key
+                .legacy_key_id()
+                .to_string()
+                .to_uppercase()
+        );
+        std::fs::write(&armored, "not a key").unwrap();
+        let refused = Signer::open(db, Some(&armored), None).await.unwrap_err();
+        assert!(format!("{refused:#}").contains("not an armored OpenPGP private key"));
+    }
 }

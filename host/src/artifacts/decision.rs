@@ -13,8 +13,8 @@ use crate::config::Repo;
 use crate::error::AppError;
 use crate::plugins::{
     CallFailure, CallScope, Classification, Document, Header, IndexOptions, LoadedPlugin,
-    Mutability, ObjectInfo, PluginError, Plugins, RepoContext, RequestInfo, Rewritten, Services,
-    UpstreamRequest,
+    Mutability, ObjectInfo, PluginError, Plugins, Presigner, RepoContext, RequestInfo, Rewritten,
+    Services, UpstreamRequest, PRESIGN_TTL_SECS,
 };
 use crate::storage::Digest;
 
@@ -158,6 +158,8 @@ pub(super) struct PluginCall {
     services: Services,
     /// The repository's configuration, for the scope of a call.
     config: Arc<Repo>,
+    /// Signs links to the addressed repository when it needs credentials.
+    presigner: Option<Presigner>,
 }
 
 impl PluginCall {
@@ -172,6 +174,7 @@ impl PluginCall {
                 query: ctx.target.query.clone(),
                 headers: ctx.headers_named(&[header::ACCEPT.as_str()]),
             },
+            presigner: presigner(ctx),
             plugins: ctx.app.plugins.clone(),
             services: Services {
                 storage: ctx.app.storage.clone(),
@@ -180,6 +183,14 @@ impl PluginCall {
             },
             config: repo.clone(),
         }
+    }
+
+    /// Whether an answer of this call's plugin holds presigned links (it
+    /// must be rendered again before they expire).
+    pub fn presigned(&self) -> bool {
+        self.presigner
+            .as_ref()
+            .is_some_and(|p| p.used.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// `name@version`.
@@ -201,6 +212,7 @@ impl PluginCall {
             origins: self.config.origins.clone(),
             repos: self.config.scope_repos.clone(),
             cap: self.plugins.limits().index_size,
+            presigner: self.presigner.clone(),
         }
     }
 
@@ -325,6 +337,18 @@ impl PluginCall {
             }
         }
     }
+}
+
+/// A presigner for links to the repository the client addressed, when
+/// reading it needs credentials.
+fn presigner(ctx: &Ctx) -> Option<Presigner> {
+    let addressed = ctx.config.repo(&ctx.target.repo)?;
+    (crate::auth::enabled(&ctx.config) && !addressed.anonymous_read()).then(|| Presigner {
+        auth: ctx.app.auth.clone(),
+        repo: addressed.name.clone(),
+        expires: crate::util::now_secs() + PRESIGN_TTL_SECS,
+        used: Default::default(),
+    })
 }
 
 fn plugin_error(plugin: &LoadedPlugin, error: PluginError) -> AppError {

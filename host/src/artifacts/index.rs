@@ -136,7 +136,7 @@ async fn render(
             )));
         }
     }
-    let stale_at = cutoff.and_then(|cutoff| {
+    let quarantine_stale_at = cutoff.and_then(|cutoff| {
         let window = quarantine::window(ctx)?;
         rewritten
             .published
@@ -146,6 +146,14 @@ async fn render(
             .min()
             .map(|at| at + window)
     });
+    // Presigned links are renewed while they have half their life left.
+    let links_stale_at = call
+        .presigned()
+        .then(|| now_secs() + crate::plugins::PRESIGN_TTL_SECS / 2);
+    let stale_at = match (quarantine_stale_at, links_stale_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     finish(rewritten.document, stale_at)
         .await
         .map_err(RenderError::Failed)

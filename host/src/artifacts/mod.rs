@@ -29,9 +29,18 @@ pub use outcome::{Outcome, PLUGIN_HEADER, SOURCE_HEADER};
 /// Answers one request under `/api/v1/remote/` or `/api/v1/virtual/`.
 pub async fn handle(app: Arc<App>, request: Request) -> Result<Response, AppError> {
     let (parts, body) = request.into_parts();
-    let target = parse_target(&parts.uri)?;
+    let mut target = parse_target(&parts.uri)?;
     let config = app.config.load_full();
     let principal = app.auth.identify(&config, &parts.headers)?;
+    // A presigned link reads without credentials; its parameters are not
+    // the upstream's business.
+    let (presigned, query) = app.auth.presigned(
+        &target.repo,
+        &target.path,
+        &target.query,
+        crate::util::now_secs(),
+    );
+    target.query = query;
     let repo = config.repo(&target.repo).cloned().ok_or_else(|| {
         AppError::new(
             StatusCode::NOT_FOUND,
@@ -55,7 +64,9 @@ pub async fn handle(app: Arc<App>, request: Request) -> Result<Response, AppErro
     let (config, name) = (&ctx.config, &ctx.repo.name);
     match (ctx.repo.kind(), &ctx.method) {
         (_, &Method::GET | &Method::HEAD) => {
-            crate::auth::require_read(config, &principal, name)?;
+            if !presigned {
+                crate::auth::require_read(config, &principal, name)?;
+            }
             read(&ctx).await
         }
         (RepoKind::Local, &Method::PUT) => {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::bindings::artifactapi::plugin::{
-    cache, cas, log, metadata, signing, store_types, types, upstream,
+    access, cache, cas, log, metadata, signing, store_types, types, upstream,
 };
 use super::runtime::HostState;
 use crate::signing::Signer;
@@ -38,6 +38,23 @@ pub struct Services {
     pub signer: Arc<Signer>,
 }
 
+/// How long a presigned link stays valid.
+pub const PRESIGN_TTL_SECS: i64 = 2 * 3600;
+
+/// What `access.presign` signs with, for a repository that needs
+/// credentials to read.
+#[derive(Clone)]
+pub struct Presigner {
+    /// Signs the links.
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// The repository the client addressed (links lead to it).
+    pub repo: String,
+    /// When the links expire, seconds since the epoch.
+    pub expires: i64,
+    /// Set once a call presigned a link: its answer expires with them.
+    pub used: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// What one plugin call may touch.
 pub struct CallScope {
     /// The plugin's name, for logs and the cache namespace.
@@ -53,6 +70,8 @@ pub struct CallScope {
     pub repos: Vec<String>,
     /// Largest document through cas and upstream, in bytes.
     pub cap: u64,
+    /// Signs links for `access.presign`; None: links need no signature.
+    pub presigner: Option<Presigner>,
 }
 
 impl CallScope {
@@ -65,6 +84,7 @@ impl CallScope {
             origins: Vec::new(),
             repos: Vec::new(),
             cap: 0,
+            presigner: None,
         }
     }
 
@@ -359,6 +379,22 @@ impl signing::Host for HostState {
             }
             scope.signer()?.sign(&data).map_err(unavailable)
         })())
+    }
+}
+
+impl access::Host for HostState {
+    async fn presign(&mut self, path: String) -> wasmtime::Result<String> {
+        Ok(match &self.scope.presigner {
+            Some(presigner) => {
+                presigner
+                    .used
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                presigner
+                    .auth
+                    .presign(&presigner.repo, &path, presigner.expires)
+            }
+            None => String::new(),
+        })
     }
 }
 

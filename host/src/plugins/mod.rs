@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::config::{Config, Repo};
 
-pub use host::{object_info, CallScope, Services};
+pub use host::{object_info, CallScope, Presigner, Services, PRESIGN_TTL_SECS};
 pub use runtime::{CallFailure, Limits, Runtime};
 
 use runtime::Instance;

@@ -49,7 +49,7 @@ pub mod bindings {
 }
 
 pub use bindings::artifactapi::plugin::{
-    cache, cas, log, metadata, signing, store_types, types, upstream,
+    access, cache, cas, log, metadata, signing, store_types, types, upstream,
 };
 #[doc(hidden)]
 pub use bindings::export_plugin;

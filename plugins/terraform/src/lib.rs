@@ -14,14 +14,18 @@
 //!   points terraform at `/api/v1/remote/`, so `HOST/{repo}/{type}` is a
 //!   source address.
 //! - A **virtual** repository merges its members' version lists.
+//!
+//! Terraform sends its token to version lists and download documents only:
+//! in a repository that needs credentials to read, the links to archives
+//! and checksums carry a presigned query (`access.presign`).
 
 mod local;
 mod paths;
 mod registry;
 mod zip;
 
-use artifactapi_plugin_sdk::cas;
 use artifactapi_plugin_sdk::prelude::*;
+use artifactapi_plugin_sdk::{access, cas};
 
 use paths::Target;
 
@@ -131,6 +135,36 @@ fn upstream_path(path: &str) -> Result<Option<String>, PluginError> {
     })
 }
 
+/// The settings a repository may have: `download_origins`, the hosts a
+/// registry's download documents send archives to (a list of URLs; the
+/// host lets the repository fetch from them).
+pub fn validate_settings(settings: &str) -> Result<(), PluginError> {
+    let invalid = |m: String| PluginError::InvalidSettings(format!("terraform: {m}"));
+    let settings: serde_json::Map<String, serde_json::Value> = serde_json::from_str(settings)
+        .map_err(|e| invalid(format!("settings are not a map: {e}")))?;
+    for (key, value) in &settings {
+        if key != "download_origins" {
+            return Err(invalid(format!(
+                "unknown setting `{key}` (the one setting is `download_origins`)"
+            )));
+        }
+        let urls = value
+            .as_array()
+            .ok_or_else(|| invalid("`download_origins` is a list of URLs".into()))?;
+        for url in urls {
+            let fine = url
+                .as_str()
+                .is_some_and(|u| u.starts_with("https://") || u.starts_with("http://"));
+            if !fine {
+                return Err(invalid(format!(
+                    "`download_origins`: {url} is not an http(s) URL"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The stored object's bytes by range, for the zip check.
 struct Stored<'a>(&'a str);
 
@@ -158,6 +192,10 @@ impl Format for TerraformPlugin {
                 body: r#"{"providers.v1":"/api/v1/remote/"}"#.into(),
             }],
         }
+    }
+
+    fn validate_settings(repo: RepoContext) -> Result<(), PluginError> {
+        validate_settings(&repo.settings)
     }
 
     fn classify(repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError> {
@@ -204,13 +242,19 @@ impl Format for TerraformPlugin {
                 (namespace, kind, version),
                 &request.path,
                 &document.body,
+                &access::presign,
             )?,
             Some(Target::MirrorIndex { .. }) => registry::mirror_index(&document.body)?,
             Some(Target::MirrorVersion {
                 namespace,
                 kind,
                 version,
-            }) => registry::mirror_version(&repo, (namespace, kind, version), &document.body)?,
+            }) => registry::mirror_version(
+                &repo,
+                (namespace, kind, version),
+                &document.body,
+                &access::presign,
+            )?,
             _ => document.body,
         };
         Ok(Rewritten {
@@ -239,7 +283,7 @@ impl Format for TerraformPlugin {
     }
 
     fn generate_document(repo: RepoContext, request: RequestInfo) -> Result<Document, PluginError> {
-        local::generate(&repo, &request.path)
+        local::generate(&repo, &request.path, &access::presign)
     }
 
     fn check_upload(
@@ -326,6 +370,24 @@ mod tests {
         assert!(versions.generated);
         let sig = classify_local("tf", &request("GET", "widget/1.0.0/SHA256SUMS.sig")).unwrap();
         assert!(sig.generated);
+    }
+
+    #[test]
+    fn settings_name_download_origins_only() {
+        assert!(validate_settings("{}").is_ok());
+        assert!(
+            validate_settings(r#"{"download_origins": ["https://releases.example.org"]}"#).is_ok()
+        );
+        for bad in [
+            r#"{"download_origin": ["https://releases.example.org"]}"#,
+            r#"{"download_origins": "https://releases.example.org"}"#,
+            r#"{"download_origins": ["releases.example.org"]}"#,
+        ] {
+            assert!(
+                matches!(validate_settings(bad), Err(PluginError::InvalidSettings(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

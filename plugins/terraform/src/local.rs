@@ -8,6 +8,7 @@ use artifactapi_plugin_sdk::{metadata, signing};
 use serde_json::{json, Value};
 
 use crate::paths::{archive_name, ArchiveName};
+use crate::registry::Presign;
 
 /// The plugin protocols advertised when `TF_PROVIDER_PROTOCOLS` is unset.
 const DEFAULT_PROTOCOLS: &str = "5.0,6.0";
@@ -99,8 +100,12 @@ pub fn sums(archives: &[Archive], version: &str) -> String {
         .collect()
 }
 
-/// The documents of a local registry.
-pub fn generate(repo: &RepoContext, path: &str) -> Result<Document, PluginError> {
+/// The documents of a local registry; links carry `presign`'s query.
+pub fn generate(
+    repo: &RepoContext,
+    path: &str,
+    presign: Presign<'_>,
+) -> Result<Document, PluginError> {
     use crate::paths::Target;
     let json_document = |value: Value| Document {
         content_type: "application/json".into(),
@@ -137,14 +142,18 @@ pub fn generate(repo: &RepoContext, path: &str) -> Result<Document, PluginError>
                 })?;
             let key = signing::public_key().map_err(store_error)?;
             let public = repo.public_url.trim_end_matches('/');
+            let link = |path: String| match presign(&path) {
+                query if query.is_empty() => format!("{public}/{path}"),
+                query => format!("{public}/{path}?{query}"),
+            };
             Ok(json_document(json!({
                 "protocols": protocols(),
                 "os": os,
                 "arch": arch,
                 "filename": archive.file,
-                "download_url": format!("{public}/{}/{kind}/{}", repo.name, archive.file),
-                "shasums_url": format!("{public}/{kind}/{version}/SHA256SUMS"),
-                "shasums_signature_url": format!("{public}/{kind}/{version}/SHA256SUMS.sig"),
+                "download_url": link(format!("{}/{kind}/{}", repo.name, archive.file)),
+                "shasums_url": link(format!("{kind}/{version}/SHA256SUMS")),
+                "shasums_signature_url": link(format!("{kind}/{version}/SHA256SUMS.sig")),
                 "shasum": archive.sha256,
                 "signing_keys": {"gpg_public_keys": [{
                     "key_id": key.key_id,

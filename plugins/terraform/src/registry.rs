@@ -20,6 +20,10 @@ fn to_bytes(value: &Value) -> Vec<u8> {
     value.to_string().into_bytes()
 }
 
+/// The query string that lets a client fetch a path below the repository
+/// without credentials (`access.presign`; empty when none are needed).
+pub type Presign<'a> = &'a dyn Fn(&str) -> String;
+
 /// Where the client fetches the file an upstream document names at `url`
 /// (absolute, or relative to `document_url`): through this repository.
 pub fn proxied(
@@ -27,17 +31,24 @@ pub fn proxied(
     (namespace, kind, version): (&str, &str, &str),
     document_url: &str,
     url: &str,
+    presign: Presign<'_>,
 ) -> Option<String> {
     let absolute = resolve_url(document_url, url);
     let path = file_path(namespace, kind, version, &absolute)?;
-    let query = absolute
+    let original = absolute
         .split_once('?')
-        .map(|(_, q)| format!("?{}", q.split('#').next().unwrap_or_default()))
-        .unwrap_or_default();
-    Some(format!(
-        "{}/{path}{query}",
-        repo.public_url.trim_end_matches('/')
-    ))
+        .map(|(_, q)| q.split('#').next().unwrap_or_default().to_string());
+    let query: Vec<String> = original
+        .into_iter()
+        .chain(Some(presign(&path)))
+        .filter(|q| !q.is_empty())
+        .collect();
+    let public = repo.public_url.trim_end_matches('/');
+    Some(if query.is_empty() {
+        format!("{public}/{path}")
+    } else {
+        format!("{public}/{path}?{}", query.join("&"))
+    })
 }
 
 /// A download document with its file URLs led through the repository;
@@ -47,12 +58,13 @@ pub fn rewrite_download(
     provider: (&str, &str, &str),
     path: &str,
     body: &[u8],
+    presign: Presign<'_>,
 ) -> Result<Vec<u8>, PluginError> {
     let mut doc = parse(body, path)?;
     let document_url = upstream_url(&repo.base_url, path, "");
     for field in FILE_FIELDS {
         if let Some(url) = doc.get(*field).and_then(Value::as_str) {
-            if let Some(through) = proxied(repo, provider, &document_url, url) {
+            if let Some(through) = proxied(repo, provider, &document_url, url, presign) {
                 doc[*field] = Value::String(through);
             }
         }
@@ -80,6 +92,7 @@ pub fn mirror_version(
     repo: &RepoContext,
     (namespace, kind, version): (&str, &str, &str),
     body: &[u8],
+    presign: Presign<'_>,
 ) -> Result<Vec<u8>, PluginError> {
     let doc = parse(body, "a version list")?;
     let entry = doc["versions"]
@@ -113,7 +126,8 @@ pub fn mirror_version(
         let Some(archive) = download["download_url"].as_str() else {
             continue;
         };
-        let Some(through) = proxied(repo, (namespace, kind, version), &url, archive) else {
+        let Some(through) = proxied(repo, (namespace, kind, version), &url, archive, presign)
+        else {
             continue;
         };
         let hashes: Vec<String> = download["shasum"]
@@ -176,8 +190,14 @@ mod tests {
             "shasum": "ab".repeat(32),
             "signing_keys": {"gpg_public_keys": [{"key_id": "K", "ascii_armor": "A"}]},
         });
-        let out =
-            rewrite_download(&repo(), ("acme", "widget", "1.0.0"), path, &to_bytes(&body)).unwrap();
+        let out = rewrite_download(
+            &repo(),
+            ("acme", "widget", "1.0.0"),
+            path,
+            &to_bytes(&body),
+            &|_| String::new(),
+        )
+        .unwrap();
         let out: Value = serde_json::from_slice(&out).unwrap();
         let base = "http://proxy.example.org/api/v1/remote/tf/v1/providers/acme/widget/1.0.0/files";
         assert_eq!(
@@ -194,6 +214,24 @@ mod tests {
         );
         assert_eq!(out["shasum"], body["shasum"]);
         assert_eq!(out["signing_keys"], body["signing_keys"]);
+
+        let presign = |path: &str| format!("sig={}", path.rsplit('/').next().unwrap());
+        let out = rewrite_download(
+            &repo(),
+            ("acme", "widget", "1.0.0"),
+            path,
+            &to_bytes(&body),
+            &presign,
+        )
+        .unwrap();
+        let out: Value = serde_json::from_slice(&out).unwrap();
+        let sums = out["shasums_url"].as_str().unwrap();
+        assert!(sums.ends_with("/SHA256SUMS?x=1&sig=SHA256SUMS"), "{sums}");
+        let archive = out["download_url"].as_str().unwrap();
+        assert!(
+            archive.ends_with(".zip?sig=terraform-provider-widget_1.0.0_linux_amd64.zip"),
+            "{archive}"
+        );
     }
 
     #[test]

@@ -49,10 +49,15 @@ impl Replica {
     }
 
     /// Starts a server process on its own embedded backends, with `args`
-    /// added to `serve`'s, and waits until it listens.
-    pub async fn start_embedded(remotes: &str, args: &[&str]) -> Replica {
+    /// added to `serve`'s and `env` to its environment, and waits until it
+    /// listens.
+    pub async fn start_embedded(remotes: &str, args: &[&str], env: &[(&str, &str)]) -> Replica {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Replica::spawn(remotes, &args, &[]).await
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Replica::spawn(remotes, &args, &env).await
     }
 
     async fn spawn(remotes: &str, flags: &[String], env: &[(String, String)]) -> Replica {

@@ -183,6 +183,7 @@ fn scope(server: &Server, upstream: &Upstream) -> CallScope {
         origins: vec![format!("http://127.0.0.1:{}", upstream.addr.port())],
         repos: vec!["fx".into()],
         cap: 1 << 20,
+        presigner: None,
     }
 }
 

@@ -6,9 +6,10 @@
 //!   static provider registry signed with a throwaway key, then again with
 //!   that upstream stopped;
 //! - `terraform init` through the same repository as a network mirror;
-//! - `terraform init` from a local repository (found through service
-//!   discovery) after uploading two versions: terraform verifies the
-//!   server's own signature;
+//! - `terraform init` from a private local repository (found through
+//!   service discovery, with a token) after uploading two versions:
+//!   terraform verifies the server's own signature and fetches the archive
+//!   through a presigned link, as it sends no token there;
 //!
 //! and the documents at the HTTP level: bad uploads refused with 400 and
 //! nothing stored, virtual version lists merged.
@@ -151,11 +152,13 @@ async fn terraform_installs_through_a_remote_a_network_mirror_and_a_local_regist
     let mut upstream = StaticServer::start(&python, &site, &work.path().join("http.log")).await;
     let upstream_signer = Signer::fresh().unwrap();
     static_registry(&site, &upstream_signer, &upstream.url());
+    // The local registry is private: terraform authenticates to its
+    // documents, and fetches the archives they name through presigned links.
     let server = Replica::start_embedded(
         &format!(
-            "remotes:\n  tfr:\n    type: remote\n    package: terraform\n    base_url: \"{}\"\n  \
-             tflocal:\n    type: local\n    package: terraform\n  \
-             tfall:\n    type: virtual\n    package: terraform\n    members: [tflocal, tfr]\n",
+            "auth:\n  users:\n    ci:\n      password_env: TF_TEST_CI_PASSWORD\n      write: [tflocal]\n\
+             remotes:\n  tfr:\n    type: remote\n    package: terraform\n    base_url: \"{}\"\n  \
+             tflocal:\n    type: local\n    package: terraform\n    anonymous_read: false\n",
             upstream.url()
         ),
         &[
@@ -164,6 +167,7 @@ async fn terraform_installs_through_a_remote_a_network_mirror_and_a_local_regist
             "--tls-key",
             key.to_str().unwrap(),
         ],
+        &[("TF_TEST_CI_PASSWORD", "ci-secret")],
     )
     .await;
     let port = server.port;
@@ -222,6 +226,7 @@ async fn terraform_installs_through_a_remote_a_network_mirror_and_a_local_regist
             .put(https(&format!(
                 "/api/v1/remote/tflocal/tflocal/widget/{file}"
             )))
+            .basic_auth("ci", Some("ci-secret"))
             .body(provider_zip("widget", version))
             .send()
             .await
@@ -237,9 +242,60 @@ async fn terraform_installs_through_a_remote_a_network_mirror_and_a_local_regist
         .await
         .unwrap();
     assert_eq!(discovery, json!({"providers.v1": "/api/v1/remote/"}));
+    let anonymous = client
+        .get(https("/api/v1/remote/tflocal/widget/versions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let archive = https(
+        "/api/v1/remote/tflocal/tflocal/widget/terraform-provider-widget_1.1.0_linux_amd64.zip",
+    );
+    let unsigned = client.get(&archive).send().await.unwrap();
+    assert_eq!(
+        unsigned.status(),
+        401,
+        "an archive needs credentials or a presigned link"
+    );
+    let token: Value = client
+        .get(https("/v2/token"))
+        .basic_auth("ci", Some("ci-secret"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = token["token"].as_str().unwrap();
+    let download: Value = client
+        .get(https(
+            "/api/v1/remote/tflocal/widget/1.1.0/download/linux/amd64",
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let presigned = download["download_url"].as_str().unwrap();
+    assert!(
+        presigned.starts_with(&archive) && presigned.contains("artifactapi-signature="),
+        "{presigned}"
+    );
+    let signed = client.get(presigned).send().await.unwrap();
+    assert_eq!(
+        signed.status(),
+        200,
+        "a presigned link reads without credentials"
+    );
+    let tampered = presigned.replace("1.1.0_linux", "1.0.0_linux");
+    assert_eq!(client.get(&tampered).send().await.unwrap().status(), 401);
+
     let local = work.path().join("local");
     let source = format!("localhost:{port}/tflocal/widget");
-    terraform_init(&local, &ca, "", &source, ">= 1.0.0").await;
+    let credentials = format!("credentials \"localhost:{port}\" {{\n  token = \"{token}\"\n}}\n");
+    terraform_init(&local, &ca, &credentials, &source, ">= 1.0.0").await;
     assert!(
         installed(&local, &format!("localhost:{port}"), "tflocal", "1.1.0"),
         "the newest uploaded version, its signature verified"
@@ -261,6 +317,7 @@ async fn local_uploads_are_checked_and_virtual_version_lists_merge() {
              tfall:\n    type: virtual\n    package: terraform\n    members: [tflocal, tfr]\n",
             upstream.url()
         ),
+        &[],
         &[],
     )
     .await;

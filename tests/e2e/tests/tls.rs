@@ -34,6 +34,7 @@ async fn the_server_listens_with_tls_and_picks_up_renewed_certificates() {
             "--tls-key",
             key.to_str().unwrap(),
         ],
+        &[],
     )
     .await;
     let addr: SocketAddr = server.host().parse().unwrap();
