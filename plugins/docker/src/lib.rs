@@ -348,8 +348,11 @@ impl Format for DockerPlugin {
         }
     }
 
-    fn classify(repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError> {
-        Settings::parse(&repo.settings)?;
+    fn validate_settings(repo: RepoContext) -> Result<(), PluginError> {
+        Settings::parse(&repo.settings).map(drop)
+    }
+
+    fn classify(_repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError> {
         classify_path(&request.path, &request.query)
     }
 

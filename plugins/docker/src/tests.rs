@@ -404,7 +404,7 @@ fn reads_settings() {
         );
         assert!(
             matches!(
-                DockerPlugin::classify(repo(bad), request("nginx/tags/list", "")),
+                DockerPlugin::validate_settings(repo(bad)),
                 Err(PluginError::InvalidSettings(_))
             ),
             "{bad}"

@@ -308,6 +308,21 @@ impl Format for GoproxyPlugin {
         }
     }
 
+    fn check_upload(
+        repo: RepoContext,
+        request: RequestInfo,
+        _object: ObjectInfo,
+    ) -> Result<(), PluginError> {
+        match parse(&request.path) {
+            Some(Target::File { .. }) => Ok(()),
+            _ => Err(PluginError::InvalidRequest(format!(
+                "repository {} takes {{module}}/@v/{{version}}.info, .mod and .zip uploads; \
+                 its @v/list is generated from them",
+                repo.name
+            ))),
+        }
+    }
+
     fn generate_document(repo: RepoContext, request: RequestInfo) -> Result<Document, PluginError> {
         let Some(Target::List { module }) = parse(&request.path) else {
             return Err(PluginError::NotFound(format!(

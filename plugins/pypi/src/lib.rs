@@ -368,6 +368,10 @@ impl Format for PypiPlugin {
         }
     }
 
+    fn validate_settings(repo: RepoContext) -> Result<(), PluginError> {
+        Settings::parse(&repo.settings).map(drop)
+    }
+
     fn classify(_repo: RepoContext, request: RequestInfo) -> Result<Classification, PluginError> {
         classify_path(&request.path)
     }

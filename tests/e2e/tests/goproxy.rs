@@ -247,6 +247,13 @@ remotes:
             .unwrap();
         assert_eq!(put.status(), 201);
     }
+    let list_upload = client()
+        .put(server.url("/api/v1/remote/go-local/example.org/lib/@v/list"))
+        .body("v9.9.9\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list_upload.status(), 400, "the list is generated");
     let local = get("/api/v1/remote/go-local/example.org/lib/@v/list".into()).await;
     assert_eq!(local.status(), 200);
     assert_eq!(local.text().await.unwrap(), "v1.0.0\nv1.2.0\n");
