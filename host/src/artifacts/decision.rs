@@ -201,7 +201,10 @@ impl PluginCall {
     /// A memo key of everything this call's answers depend on; callers add
     /// what else goes in (a document's digest).
     pub fn memo_key(&self, kind: &str) -> KeyBuilder {
-        call_key(kind, &self.plugin.sha256, &self.repo, &self.request)
+        let mut key = call_key(kind, &self.plugin.sha256, &self.repo, &self.request);
+        // Whether links are presigned changes the answer too.
+        key.field([u8::from(self.presigner.is_some())]);
+        key
     }
 
     fn scope(&self) -> CallScope {
