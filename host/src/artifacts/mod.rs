@@ -34,12 +34,10 @@ pub async fn handle(app: Arc<App>, request: Request) -> Result<Response, AppErro
     let principal = app.auth.identify(&config, &parts.headers)?;
     // A presigned link reads without credentials; its parameters are not
     // the upstream's business.
-    let (presigned, query) = app.auth.presigned(
-        &target.repo,
-        &target.path,
-        &target.query,
-        crate::util::now_secs(),
-    );
+    let query = std::mem::take(&mut target.query);
+    let (presigned, query) =
+        app.auth
+            .presigned(&target.repo, &target.path, query, crate::util::now_secs());
     target.query = query;
     let repo = config.repo(&target.repo).cloned().ok_or_else(|| {
         AppError::new(

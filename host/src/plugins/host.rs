@@ -121,6 +121,12 @@ impl CallScope {
     }
 }
 
+/// A digest a plugin passed, or why it is refused.
+fn parse_digest(text: &str) -> Result<Digest, store_types::StoreError> {
+    Digest::parse(text)
+        .ok_or_else(|| store_types::StoreError::Invalid(format!("not a sha256 digest: {text:?}")))
+}
+
 fn unavailable(e: impl std::fmt::Display) -> store_types::StoreError {
     store_types::StoreError::Unavailable(e.to_string())
 }
@@ -231,9 +237,7 @@ impl cas::Host for HostState {
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store_types::StoreError>> {
         let scope = &self.scope;
         Ok(async {
-            let digest = Digest::parse(&digest).ok_or_else(|| {
-                store_types::StoreError::Invalid(format!("not a sha256 digest: {digest:?}"))
-            })?;
+            let digest = parse_digest(&digest)?;
             let cap = scope.cap;
             let storage = scope.storage()?;
             match storage.cas.size(&digest).await.map_err(unavailable)? {
@@ -259,9 +263,7 @@ impl cas::Host for HostState {
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, store_types::StoreError>> {
         let scope = &self.scope;
         Ok(async {
-            let digest = Digest::parse(&digest).ok_or_else(|| {
-                store_types::StoreError::Invalid(format!("not a sha256 digest: {digest:?}"))
-            })?;
+            let digest = parse_digest(&digest)?;
             let storage = scope.storage()?;
             let Some(size) = storage.cas.size(&digest).await.map_err(unavailable)? else {
                 return Ok(None);

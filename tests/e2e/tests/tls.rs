@@ -67,9 +67,16 @@ async fn the_server_listens_with_tls_and_picks_up_renewed_certificates() {
     );
 
     std::fs::write(&cert, "not a certificate").unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let refused = eventually(Duration::from_secs(10), || async {
+        server.log().contains("TLS certificate files refused")
+    })
+    .await;
+    assert!(
+        refused,
+        "the broken file is refused; log:\n{}",
+        server.log()
+    );
     assert_eq!(ca.presented(addr).await, der(&second_cert));
     let got = client.get(&url).send().await.unwrap();
     assert_eq!(got.status(), 200, "a broken file leaves the server serving");
-    assert!(server.log().contains("TLS certificate files refused"));
 }
